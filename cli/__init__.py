@@ -1,0 +1,1 @@
+"""The ``relabel-maps`` command line (installed as the ``relabel_maps_cli`` package)."""

@@ -1,0 +1,86 @@
+"""The raw codecs ``f32`` (lossless) and ``f16``: arrays stored byte-shuffled, rank-major.
+
+Body layout (spec/ENCODINGS.md): ``indices`` (k*H*W values of the index width), ``scores``
+(k*H*W float32 or float16), then ``counts`` (H*W uint8) when FLAG_COUNTS, then ``lse``
+(H*W float32) when FLAG_LSE. Every multi-byte array is byte-shuffled: all least-significant bytes
+first, then the next byte plane, ..., which lets zstd see the smooth high bytes as runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import CorruptRecordError
+from . import FLAG_COUNTS, FLAG_LSE, RecordArrays, register_codec
+
+__all__ = ["RawCodec", "shuffle_bytes", "unshuffle_bytes"]
+
+
+def shuffle_bytes(a: np.ndarray) -> bytes:
+    """Little-endian byte planes of ``a`` (plane 0 = least significant bytes)."""
+    le = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
+    return le.view(np.uint8).reshape(-1, le.itemsize).T.tobytes()
+
+
+def unshuffle_bytes(buf: bytes | memoryview, dtype: np.dtype, count: int) -> np.ndarray:
+    """Inverse of :func:`shuffle_bytes` for ``count`` values of ``dtype``."""
+    dt = np.dtype(dtype).newbyteorder("<")
+    planes = np.frombuffer(buf, dtype=np.uint8, count=count * dt.itemsize).reshape(dt.itemsize, count)
+    return np.ascontiguousarray(planes.T).view(dt).reshape(count).astype(np.dtype(dtype).newbyteorder("="), copy=False)
+
+
+class RawCodec:
+    """Byte-shuffled raw arrays; ``f32`` is lossless, ``f16`` rounds scores to float16."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.score_dtype = np.dtype(np.float32 if name == "f32" else np.float16)
+        self.lossless = name == "f32"
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+    def max_body_size(self, k: int, h: int, w: int, flags: int, index_itemsize: int) -> int:
+        n = k * h * w
+        size = n * (index_itemsize + self.score_dtype.itemsize)
+        if flags & FLAG_COUNTS:
+            size += h * w
+        if flags & FLAG_LSE:
+            size += 4 * h * w
+        return size
+
+    def encode(self, arrays: RecordArrays) -> bytes:
+        parts = [shuffle_bytes(arrays.indices), shuffle_bytes(arrays.scores.astype(self.score_dtype))]
+        if arrays.counts is not None:
+            parts.append(np.ascontiguousarray(arrays.counts, dtype=np.uint8).tobytes())
+        if arrays.lse is not None:
+            parts.append(shuffle_bytes(arrays.lse.astype(np.float32)))
+        return b"".join(parts)
+
+    def decode(self, body: bytes | memoryview, k: int, h: int, w: int, flags: int, index_dtype: np.dtype) -> RecordArrays:
+        index_dtype = np.dtype(index_dtype)
+        expected = self.max_body_size(k, h, w, flags, index_dtype.itemsize)
+        if len(body) != expected:
+            raise CorruptRecordError(f"{self.name} body is {len(body)} bytes, expected {expected}")
+        n, m = k * h * w, h * w
+        mv = memoryview(body)
+        pos = 0
+        indices = unshuffle_bytes(mv[pos : pos + n * index_dtype.itemsize], index_dtype, n).reshape(k, h, w)
+        pos += n * index_dtype.itemsize
+        nbytes = n * self.score_dtype.itemsize
+        scores = unshuffle_bytes(mv[pos : pos + nbytes], self.score_dtype, n).astype(np.float32).reshape(k, h, w)
+        pos += nbytes
+        counts = lse = None
+        if flags & FLAG_COUNTS:
+            counts = np.frombuffer(mv[pos : pos + m], dtype=np.uint8).reshape(h, w).copy()
+            pos += m
+        if flags & FLAG_LSE:
+            lse = unshuffle_bytes(mv[pos : pos + 4 * m], np.float32, m).reshape(h, w)
+        return RecordArrays(indices, scores, counts, lse)
+
+
+register_codec("f32", lambda: RawCodec("f32"))
+register_codec("f16", lambda: RawCodec("f16"))

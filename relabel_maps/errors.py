@@ -1,0 +1,76 @@
+"""Typed errors raised by relabel-maps.
+
+Every error the library raises on bad input derives from :class:`RelabelMapsError`, so callers can
+catch one class. Each subclass also derives from the closest built-in (``ValueError``, ``KeyError``,
+``OSError``) so generic handlers keep working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "RelabelMapsError",
+    "FormatError",
+    "UnsupportedVersionError",
+    "CorruptRecordError",
+    "MissingKeyError",
+    "InvalidBoxError",
+    "InvalidLabelMapError",
+    "InvalidArgumentError",
+    "WriterError",
+    "DependencyError",
+]
+
+
+class RelabelMapsError(Exception):
+    """Base class of every error raised by relabel-maps."""
+
+
+class FormatError(RelabelMapsError, ValueError):
+    """A file or index does not follow spec/FORMAT.md (bad magic, truncation, bad offsets, ...)."""
+
+
+class UnsupportedVersionError(FormatError):
+    """The file declares a MAJOR format version this reader does not implement."""
+
+
+class CorruptRecordError(FormatError):
+    """A stored checksum does not match the bytes read, or a record does not decode."""
+
+
+class MissingKeyError(RelabelMapsError, KeyError):
+    """A key is not present in the label-map file or dataset."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable.
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidBoxError(RelabelMapsError, ValueError):
+    """A crop box is malformed: wrong shape, NaN/inf, empty or inverted."""
+
+
+class InvalidLabelMapError(RelabelMapsError, ValueError):
+    """Arrays given as a label map have the wrong shape, dtype or values."""
+
+
+class InvalidArgumentError(RelabelMapsError, ValueError):
+    """An option has an invalid value (unknown fill mode, bad temperature, ...)."""
+
+
+class WriterError(RelabelMapsError):
+    """A write cannot proceed (writer closed, duplicate key, output exists, ...)."""
+
+
+class DependencyError(RelabelMapsError, ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+
+def require(module: str, extra: str):
+    """Import an optional dependency lazily, or raise :class:`DependencyError` naming the pip extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise DependencyError(
+            f"{module} is required for this feature: pip install 'relabel-maps[{extra}]'"
+        ) from exc
