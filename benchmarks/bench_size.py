@@ -1,0 +1,192 @@
+"""Bytes per image and pooled-label error of every storage layout, on real label maps.
+
+Maps: benchmarks/real_maps.py (packaged EfficientNet-Lite0 ImageNet teacher, fully convolutional at
+475 px -> 15x15, top-5 logits, skimage.data photos plus random crops/flips). Baselines, measured in the
+same run: the official ReLabel layout (one ``torch.save``'d ``[2, 5, 15, 15]`` float32 tensor per
+image), raw arrays, zstd of raw arrays; then every codec through the real container
+(``relabel_maps.Writer`` -> file size / images). Error: max |p - p_f32| over all classes of the soft
+label of random boxes (RoIAlign, output 1x1, zero fill for classes outside the top-k, softmax over
+1000 classes), against the float32 maps.
+
+    python benchmarks/bench_size.py [-n 180] [--boxes 48]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import zstandard
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import real_maps  # noqa: E402
+
+from relabel_maps.codecs import FLAG_LSE, RecordArrays, get_codec  # noqa: E402
+from relabel_maps.pooling import box_weights  # noqa: E402
+
+NUM_CLASSES = 1000
+LEVEL = 19
+ENCODINGS = [
+    ("f32", {"name": "f32"}),
+    ("f16", {"name": "f16"}),
+    ("compact step 1/256", {"name": "compact", "step": 2.0**-8}),
+    ("compact step 1/128", {"name": "compact", "step": 2.0**-7}),
+    ("compact step 1/64", {"name": "compact", "step": 2.0**-6}),
+    ("compact step 1/16", {"name": "compact", "step": 2.0**-4}),
+    ("compact step 1/4", {"name": "compact", "step": 2.0**-2}),
+]
+
+
+def random_boxes(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` normalised boxes, side lengths log-uniform in [1/50, 1] (from sub-cell to whole image)."""
+    side = np.exp(rng.uniform(np.log(0.02), 0.0, (n, 2)))
+    x0, y0 = rng.uniform(0, 1 - side[:, 0]), rng.uniform(0, 1 - side[:, 1])
+    return np.stack([x0, y0, x0 + side[:, 0], y0 + side[:, 1]], axis=1)
+
+
+class PooledError:
+    """Max soft-label error of decoded maps against the float32 maps, over fixed random boxes."""
+
+    def __init__(self, indices: np.ndarray, scores: np.ndarray, boxes: int, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.indices = indices
+        _, k, h, w = indices.shape
+        scale = np.array([w, h, w, h], dtype=np.float64)
+        self.weights = [
+            np.concatenate([box_weights(b * scale, h, w) for b in random_boxes(rng, boxes)]) for _ in indices
+        ]
+        self.ref = [self._probs(i, scores[i]) for i in range(len(indices))]
+
+    def _probs(self, i: int, scores: np.ndarray) -> np.ndarray:
+        k, h, w = scores.shape
+        dense = np.zeros((h * w, NUM_CLASSES))
+        dense[np.tile(np.arange(h * w), k), self.indices[i].reshape(-1)] = scores.reshape(-1)
+        z = self.weights[i] @ dense
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def __call__(self, scores: np.ndarray) -> float:
+        return max(float(np.abs(self._probs(i, s) - self.ref[i]).max()) for i, s in enumerate(scores))
+
+
+def official_bytes(indices: np.ndarray, scores: np.ndarray) -> float:
+    """Mean torch.save size of the official per-image [2, k, H, W] float32 tensor."""
+    import torch
+
+    sizes = []
+    for i, s in zip(indices, scores):
+        buf = io.BytesIO()
+        torch.save(torch.from_numpy(np.stack([i.astype(np.float32), s])), buf)
+        sizes.append(buf.tell())
+    return float(np.mean(sizes))
+
+
+def through_container(
+    spec: dict, data: dict, with_lse: bool, dictionary: bool = False
+) -> tuple[float, np.ndarray, str]:
+    """(bytes per image, decoded scores, how measured): file size / images through the real
+    Writer and open(); codec body + zstd when the container is not usable."""
+    try:
+        import relabel_maps
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "maps.rlm")
+            k = data["indices"].shape[1]
+            with relabel_maps.Writer(path, num_classes=NUM_CLASSES, k=k, encoding=spec, level=LEVEL,
+                                     dictionary=dictionary) as wr:
+                for n, (i, s, l) in enumerate(zip(data["indices"], data["scores"], data["lse"])):
+                    wr.add(f"{n:05d}", i, s, lse=l if with_lse else None)
+            size = os.path.getsize(path) / len(data["indices"])
+            with relabel_maps.open(path) as maps:
+                keys = list(maps)
+                dec = np.stack([maps[key].scores for key in keys])
+                records = float(np.mean([maps.record_nbytes(key) for key in keys]))
+        how = f"Writer file / images; records alone {records:.0f} B"
+        if dictionary:
+            how += "; the file holds a 16 KiB dictionary"
+        return size, dec, how
+    except Exception as exc:  # the container is optional for this measurement
+        why = f"codec body + zstd ({type(exc).__name__}: {exc})"
+    codec, cz = get_codec(spec), zstandard.ZstdCompressor(level=LEVEL)
+    sizes, dec = [], []
+    for i, s, l in zip(data["indices"], data["scores"], data["lse"]):
+        body = codec.encode(RecordArrays(i, s, None, l if with_lse else None))
+        sizes.append(len(cz.compress(body)))
+        dec.append(codec.decode(body, *i.shape, FLAG_LSE if with_lse else 0, i.dtype).scores)
+    return float(np.mean(sizes)), np.stack(dec), why
+
+
+def decode_us(spec: dict, data: dict) -> tuple[float, float]:
+    """Microseconds to decode one record body and to decompress its zstd frame (best of 7 runs)."""
+    codec = get_codec(spec)
+    i, s = data["indices"][0], data["scores"][0]
+    body = codec.encode(RecordArrays(i, s, None, None))
+    frame = zstandard.ZstdCompressor(level=LEVEL).compress(body)
+    dctx = zstandard.ZstdDecompressor()
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(7):
+            t = time.perf_counter()
+            for _ in range(300):
+                fn()
+            times.append((time.perf_counter() - t) / 300)
+        return min(times) * 1e6
+
+    return best(lambda: codec.decode(body, *i.shape, 0, i.dtype)), best(lambda: dctx.decompress(frame))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=180, help="number of real maps")
+    ap.add_argument("--boxes", type=int, default=48, help="random boxes per map for the pooled error")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    data = real_maps.load(args.n)
+    idx, sc = data["indices"], data["scores"]
+    print(real_maps.describe(data))
+    err = PooledError(idx, sc, args.boxes)
+    cz = zstandard.ZstdCompressor(level=LEVEL)
+    f16 = sc.astype(np.float16).astype(np.float32)
+    rows: list[tuple[str, float, float, str]] = []
+    official = official_bytes(idx, sc)
+    rows.append(("official: torch.save [2,5,15,15] f32", official, 0.0, "per-image .pt"))
+    for name, parts, dec in [
+        ("raw uint16 + float32", lambda i, s: i.tobytes() + s.tobytes(), sc),
+        ("raw uint16 + float16", lambda i, s: i.tobytes() + s.astype(np.float16).tobytes(), f16),
+    ]:
+        rows.append((name, float(np.mean([len(parts(i, s)) for i, s in zip(idx, sc)])), err(dec), "bytes"))
+        rows.append(("zstd(" + name + ")", float(np.mean([len(cz.compress(parts(i, s))) for i, s in zip(idx, sc)])),
+                     err(dec), f"zstd -{LEVEL}"))
+    for with_lse in (False, True):
+        for name, spec in ENCODINGS:
+            size, dec, how = through_container(spec, data, with_lse)
+            rows.append((f"{name}{' + lse' if with_lse else ''}", size, err(dec), how))
+    for name, spec in (ENCODINGS[1], ENCODINGS[3]):
+        size, dec, how = through_container(spec, data, False, dictionary=True)
+        rows.append((f"{name} + zstd dictionary", size, err(dec), how))
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'layout':<{width}}  {'B/image':>8}  {'x smaller':>9}  {'pooled max err':>14}  measured as")
+    for name, size, e, how in rows:
+        print(f"{name:<{width}}  {size:8.0f}  {official / size:8.1f}x  {e:14.2e}  {how}")
+    f16_err = err(f16)
+    ok = [r for r in rows if r[2] <= f16_err and "lse" not in r[0]]
+    best = min(ok, key=lambda r: r[1])
+    print(f"\nfloat16 pooled error on these maps/boxes: {f16_err:.2e}; smallest layout at or below it: "
+          f"{best[0]} = {best[1]:.0f} B/image, {official / best[1]:.1f}x smaller than the official layout "
+          f"({official:.0f} B); goal 1300 B")
+    for name, spec in ENCODINGS[:4]:
+        body_us, zstd_us = decode_us(spec, data)
+        print(f"decode {name}: {body_us:.1f} us/record body + {zstd_us:.1f} us zstd")
+    print(f"({time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Pieces shared by the commands: option parsing, output, progress bars."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+from typing import Any, Callable, Iterator, Sequence
+
+import click
+
+__all__ = [
+    "BOX",
+    "BoxType",
+    "console",
+    "echo_json",
+    "open_maps",
+    "progress_bar",
+    "class_name",
+]
+
+
+class BoxType(click.ParamType):
+    """A crop box ``x0,y0,x1,y1`` in normalised coordinates."""
+
+    name = "x0,y0,x1,y1"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[float, ...]:
+        if isinstance(value, tuple):
+            return value
+        parts = [p.strip() for p in str(value).replace(" ", ",").split(",") if p.strip()]
+        try:
+            box = tuple(float(p) for p in parts)
+        except ValueError:
+            self.fail(f"{value!r} is not four comma-separated numbers x0,y0,x1,y1", param, ctx)
+        if len(box) != 4:
+            self.fail(f"{value!r} has {len(box)} numbers; a box is x0,y0,x1,y1", param, ctx)
+        if not all(math.isfinite(v) for v in box):
+            self.fail(f"{value!r} contains NaN or infinity", param, ctx)
+        if box[2] <= box[0] or box[3] <= box[1]:
+            self.fail(f"{value!r} is empty or inverted (need x0 < x1 and y0 < y1)", param, ctx)
+        return box
+
+
+BOX = BoxType()
+
+
+def console(stderr: bool = False, markup: bool = False):
+    """A rich console writing to click's current stdout/stderr (so CliRunner captures it).
+
+    Markup is off by default: keys and class names may contain ``[brackets]``."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(file=stream, soft_wrap=True, highlight=False, markup=markup)
+
+
+def echo_json(obj: Any) -> None:
+    """Print ``obj`` as indented JSON on stdout."""
+    click.echo(json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False))
+
+
+def open_maps(path: str, **kwargs: Any):
+    """``relabel_maps.open(path)`` with a friendly message for a missing local path."""
+    import os
+
+    import relabel_maps
+
+    if not path.startswith("hf://") and not os.path.exists(path):
+        raise click.ClickException(f"no such file or folder: {path}")
+    return relabel_maps.open(path, **kwargs)
+
+
+@contextlib.contextmanager
+def progress_bar(total: int | None, description: str) -> Iterator[Callable[..., None]]:
+    """A rich progress bar on stderr (only when stderr is a terminal).
+
+    Yields ``advance(n=1, total=None)``; ``total`` sets the bar's length once it is known."""
+    stream = sys.stderr
+    if not (hasattr(stream, "isatty") and stream.isatty()):
+        yield lambda n=1, total=None: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=Console(file=stream), transient=True) as progress:
+        bar_id = progress.add_task(description, total=total)
+
+        def advance(n: int = 1, total: int | None = None) -> None:
+            if total is not None:
+                progress.update(bar_id, total=total)
+            progress.advance(bar_id, n)
+
+        yield advance
+
+
+def class_name(names: Sequence[str] | None, index: int) -> str:
+    """Human name of class ``index`` (empty when the dataset carries no class names)."""
+    if names and 0 <= index < len(names):
+        return str(names[index])
+    return ""
+

@@ -1,0 +1,105 @@
+"""``push`` and ``pull``: datasets on the Hugging Face Hub."""
+
+from __future__ import annotations
+
+import click
+
+from .common import console, progress_bar
+
+__all__ = ["push", "pull"]
+
+
+def _repo_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from relabel_maps.errors import InvalidArgumentError
+    from relabel_maps.hub import HF_SCHEME, parse_hub_url, validate_repo_id
+
+    try:
+        if value.startswith(HF_SCHEME):
+            return str(parse_hub_url(value))
+        return validate_repo_id(value)
+    except InvalidArgumentError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  relabel-maps push maps/ my-name/imagenet-relabel
+  relabel-maps push maps/ my-org/relabel-l2 --private --license apache-2.0
+  relabel-maps push maps/ my-name/labels --path-in-repo l2-475 --dry-run
+\b
+Log in first with `hf auth login` or set HF_TOKEN; the token is never printed."""
+)
+@click.argument("path", type=click.Path(exists=True))
+@click.argument("repo_id", callback=_repo_id)
+@click.option("--private", is_flag=True, default=None, help="Create the repo as private (only when it does not exist yet).")
+@click.option("--revision", default=None, help="Branch to push to (default: main).")
+@click.option("--path-in-repo", default="", help="Folder inside the repo for the shards and index.")
+@click.option("--license", "license_", default="other", show_default=True, help="License id for the dataset card.")
+@click.option("--tag", "tags", multiple=True, help="Extra dataset-card tag (repeatable).")
+@click.option("--no-preview", is_flag=True, help="Do not upload the Parquet preview.")
+@click.option("--keep-stale", is_flag=True, help="Keep remote .rlm/.index.json files this dataset no longer has.")
+@click.option("--message", "-m", default=None, help="Commit message.")
+@click.option("--dry-run", is_flag=True, help="Show what would be uploaded; change nothing.")
+def push(path, repo_id, private, revision, path_in_repo, license_, tags, no_preview, keep_stale, message, dry_run) -> None:
+    """Upload the dataset at PATH to the Hub dataset repo REPO_ID (owner/name).
+
+    Creates the repo when needed and uploads the shards, index, a README dataset
+    card and a Parquet preview. Re-pushing uploads only files whose content changed.
+    """
+    from relabel_maps import hub
+
+    out = console()
+    if repo_id.startswith(hub.HF_SCHEME):
+        raise click.BadParameter("give REPO_ID as owner/name (use --path-in-repo / --revision)", param_hint="REPO_ID")
+    if dry_run:
+        with progress_bar(None, "preparing") as advance:
+            plan = hub.plan_push(
+                path, repo_id, path_in_repo=path_in_repo, license=license_, preview=not no_preview, tags=tags, progress=advance
+            )
+        for up in plan:
+            out.print(f"would upload {up.path_in_repo} ({up.size:,} bytes, sha256 {up.sha256[:12]})")
+        return
+    with progress_bar(None, "preparing") as advance:
+        result = hub.push(
+            path,
+            repo_id,
+            private=private,
+            revision=revision,
+            path_in_repo=path_in_repo,
+            license=license_,
+            preview=not no_preview,
+            tags=tags,
+            delete_stale=not keep_stale,
+            commit_message=message,
+            progress=advance,
+        )
+    for name in result.uploaded:
+        out.print(f"uploaded  {name}")
+    for name in result.deleted:
+        out.print(f"deleted   {name}")
+    if not result.changed:
+        out.print(f"{repo_id} is up to date ({len(result.unchanged)} file(s) unchanged)")
+    else:
+        out.print(
+            f"pushed to https://huggingface.co/datasets/{repo_id} "
+            f"({len(result.uploaded)} uploaded, {len(result.unchanged)} unchanged, {len(result.deleted)} deleted)"
+        )
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  relabel-maps pull my-name/imagenet-relabel
+  relabel-maps pull my-name/imagenet-relabel --revision v1.0 --local-dir maps/
+  relabel-maps pull hf://my-name/labels/l2-475 --local-dir l2/"""
+)
+@click.argument("repo_id", callback=_repo_id)
+@click.option("--revision", default=None, help="Branch, tag or commit (default: main).")
+@click.option("--local-dir", type=click.Path(file_okay=False), default=None, help="Download here instead of the HF cache.")
+def pull(repo_id, revision, local_dir) -> None:
+    """Download a dataset from the Hub (through huggingface_hub's cache) and print its path."""
+    from relabel_maps import hub
+
+    path = hub.pull(repo_id, revision=revision, local_dir=local_dir)
+    click.echo(path)

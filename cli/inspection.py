@@ -1,0 +1,282 @@
+"""``info`` and ``verify``: look inside a dataset and check it."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+import numpy as np
+
+from .common import class_name, console, echo_json, open_maps, progress_bar
+
+__all__ = ["info", "verify", "dataset_stats"]
+
+
+def _local_files(path: str) -> list[tuple[str, str]]:
+    if path.startswith("hf://"):
+        return []
+    from relabel_maps.hub import local_dataset_files
+
+    return local_dataset_files(path)
+
+
+def dataset_stats(maps: Any, *, sample: int | None = None, progress=None) -> dict[str, Any]:
+    """Record count, stored bytes, raw float32 size and the top-1 class histogram of ``maps``."""
+    n = len(maps)
+    positions = range(n) if not sample or sample >= n else np.unique(np.linspace(0, n - 1, sample).astype(int))
+    num_classes = int(maps.metadata["num_classes"])
+    hist = np.zeros(num_classes, dtype=np.int64)
+    record_bytes = raw_bytes = locations = scanned = 0
+    grids: dict[tuple[int, int], int] = {}
+    for i in positions:
+        key, lm = maps.at(int(i))
+        record_bytes += maps.record_nbytes(key)
+        k, h, w = lm.shape
+        raw_bytes += 2 * k * h * w * 4  # the official layout: [2, k, H, W] float32
+        locations += h * w
+        grids[(h, w)] = grids.get((h, w), 0) + 1
+        hist += np.bincount(lm.indices[0].reshape(-1).astype(np.int64), minlength=num_classes)[:num_classes]
+        scanned += 1
+        if progress is not None:
+            progress(1)
+    return {
+        "records": n,
+        "scanned": scanned,
+        "record_bytes": record_bytes,
+        "raw_f32_bytes": raw_bytes,
+        "locations": locations,
+        "grids": grids,
+        "histogram": hist,
+    }
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  relabel-maps info maps/
+  relabel-maps info maps.rlm --top 20
+  relabel-maps info maps/ --sample 1000 --json > info.json
+  relabel-maps info hf://my-name/imagenet-relabel"""
+)
+@click.argument("path")
+@click.option("--top", "top_n", default=10, show_default=True, type=click.IntRange(0), help="Classes shown in the top-1 histogram.")
+@click.option("--sample", type=click.IntRange(1), default=None, help="Scan only N evenly spaced records (default: all).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def info(path: str, top_n: int, sample: int | None, as_json: bool) -> None:
+    """Show a dataset's metadata, size, compression and top-1 class histogram.
+
+    PATH is a .rlm file, a folder of shards, an index JSON or hf://owner/repo.
+    The compression ratio compares with the raw float32 layout of the official
+    ReLabel release ([2, k, H, W] float32 per image).
+    """
+    files = _local_files(path)
+    with open_maps(path) as maps:
+        meta = dict(maps.metadata)
+        with progress_bar(min(sample or len(maps), len(maps)), "scanning records") as advance:
+            stats = dataset_stats(maps, sample=sample, progress=advance)
+        shards = []
+        for name, local in files:
+            entry = {"file": name, "bytes": os.path.getsize(local)}
+            if name.endswith(".rlm"):
+                from relabel_maps.reader import open_file
+
+                with open_file(local) as reader:
+                    entry["records"] = len(reader)
+            shards.append(entry)
+    n, scanned = stats["records"], stats["scanned"]
+    total_bytes = sum(s["bytes"] for s in shards) if shards else None
+    est_record_bytes = stats["record_bytes"] * n / scanned if scanned else 0
+    raw = stats["raw_f32_bytes"] * n / scanned if scanned else 0
+    stored = total_bytes if total_bytes is not None else est_record_bytes
+    names = meta.get("class_names")
+    hist = stats["histogram"]
+    order = [int(c) for c in np.argsort(-hist, kind="stable")[:top_n] if hist[c] > 0]
+    total_loc = max(int(hist.sum()), 1)
+    summary = {
+        "path": path,
+        "records": n,
+        "scanned_records": scanned,
+        "files": shards,
+        "total_bytes": total_bytes,
+        "bytes_per_image": stored / n if n else None,
+        "record_bytes_per_image": est_record_bytes / n if n else None,
+        "raw_f32_bytes_per_image": raw / n if n else None,
+        "compression_ratio": raw / stored if stored else None,
+        "grids": {f"{h}x{w}": c for (h, w), c in sorted(stats["grids"].items())},
+        "distinct_top1_classes": int((hist > 0).sum()),
+        "top1_histogram": [
+            {"class": c, "name": class_name(names, c), "locations": int(hist[c]), "share": float(hist[c]) / total_loc}
+            for c in order
+        ],
+    }
+    if as_json:
+        printable = {k: v for k, v in meta.items() if k != "class_names"}
+        printable["class_names"] = f"{len(names)} names" if names else None
+        echo_json({"metadata": printable, **summary})
+        return
+    _print_info(meta, summary)
+
+
+def _fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.2f} {unit}"
+        n /= 1024
+    return str(n)  # pragma: no cover
+
+
+def _print_info(meta: dict[str, Any], s: dict[str, Any]) -> None:
+    import json
+
+    from rich.table import Table
+
+    out = console()
+    t = Table(title="metadata", show_header=False, title_justify="left")
+    t.add_column("key", style="bold")
+    t.add_column("value", overflow="fold")
+    for key, value in meta.items():
+        if key == "class_names":
+            value = f"{len(value)} names ({', '.join(map(str, value[:3]))}, ...)" if value else None
+        elif isinstance(value, (dict, list)):
+            value = json.dumps(value, separators=(", ", ": "), default=str)
+        t.add_row(key, "-" if value is None else str(value))
+    out.print(t)
+
+    t = Table(title="size", show_header=False, title_justify="left")
+    t.add_column("what", style="bold")
+    t.add_column("value", justify="right")
+    t.add_row("records", f"{s['records']:,}")
+    if s["scanned_records"] != s["records"]:
+        t.add_row("records scanned", f"{s['scanned_records']:,} (sizes below are estimates)")
+    t.add_row("files", str(len(s["files"])) if s["files"] else "-")
+    t.add_row("total size", _fmt_bytes(s["total_bytes"]))
+    t.add_row("bytes / image", _fmt_bytes(s["bytes_per_image"]))
+    t.add_row("raw float32 / image", _fmt_bytes(s["raw_f32_bytes_per_image"]))
+    ratio = s["compression_ratio"]
+    t.add_row("compression ratio", f"{ratio:.2f}x" if ratio else "-")
+    t.add_row("grids", ", ".join(f"{g} ({c:,})" for g, c in s["grids"].items()) or "-")
+    out.print(t)
+
+    if len(s["files"]) > 1:
+        t = Table(title="files", title_justify="left")
+        t.add_column("file")
+        t.add_column("records", justify="right")
+        t.add_column("bytes", justify="right")
+        for f in s["files"]:
+            t.add_row(f["file"], f"{f['records']:,}" if "records" in f else "-", _fmt_bytes(f["bytes"]))
+        out.print(t)
+
+    t = Table(title=f"top-1 classes ({s['distinct_top1_classes']} distinct)", title_justify="left")
+    t.add_column("class", justify="right")
+    t.add_column("name")
+    t.add_column("locations", justify="right")
+    t.add_column("share", justify="right")
+    for row in s["top1_histogram"]:
+        t.add_row(str(row["class"]), row["name"] or "-", f"{row['locations']:,}", f"{100 * row['share']:.1f}%")
+    out.print(t)
+
+
+def _verify_local(path: str, advance) -> tuple[int, int, list[dict[str, str]]]:
+    """Check every shard of a local dataset, then the dataset as a whole; returns
+    ``(records, files, problems)``."""
+    from relabel_maps.errors import RelabelMapsError
+    from relabel_maps.hub import _file_digests
+    from relabel_maps.reader import open_file
+    from relabel_maps.shards import read_index_json
+
+    problems: list[dict[str, str]] = []
+
+    def bad(where: str, problem: Any) -> None:
+        problems.append({"where": where, "problem": str(problem)})
+
+    try:
+        files = _local_files(path)
+    except RelabelMapsError as exc:  # an unreadable index or a missing shard: still check what is there
+        bad(os.path.basename(os.path.normpath(path)), exc)
+        folder = path if os.path.isdir(path) else os.path.dirname(path)
+        files = [(f, os.path.join(folder, f)) for f in sorted(os.listdir(folder or ".")) if f.endswith(".rlm") and not f.startswith(".")]
+    index = next((local for name, local in files if name.endswith(".json")), None)
+    shards = [(n, p) for n, p in files if n.endswith(".rlm")]
+    expected_sha: dict[str, str] = {}
+    if index is not None:
+        try:
+            with open(index, "rb") as fh:
+                expected_sha = {e["file"]: e.get("sha256") for e in read_index_json(fh.read())["shards"]}
+        except RelabelMapsError:
+            pass  # reported above
+    records = 0
+    flagged = set()
+    advance(0, total=len(shards))
+    for name, local in shards:
+        try:
+            if expected_sha.get(name) and _file_digests(path=local)[0] != expected_sha[name]:
+                bad(name, "SHA-256 differs from the one in the index")
+                flagged.add(name)
+            with open_file(local) as reader:
+                records += len(reader)
+                for p in reader.verify():
+                    bad(name, p)
+                    flagged.add(name)
+        except RelabelMapsError as exc:
+            bad(name, exc)
+            flagged.add(name)
+        advance(1)
+    if index is not None and not problems:  # the dataset as a whole: counts, shared structure, unique keys
+        try:
+            with open_maps(path) as maps:
+                for s, name in enumerate(getattr(maps, "shard_names", [])):
+                    try:
+                        maps.shard(s)
+                    except RelabelMapsError as exc:
+                        bad(name, exc)
+                if not problems:
+                    list(maps)
+        except (RelabelMapsError, OSError) as exc:
+            bad(os.path.basename(index), exc)
+    return records, len(shards), problems
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  relabel-maps verify maps/
+  relabel-maps verify maps-00003-of-00012.rlm
+  relabel-maps verify maps/ --json"""
+)
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def verify(path: str, as_json: bool) -> None:
+    """Check every checksum and structural rule of a dataset.
+
+    Each shard is checked on its own (header, trailer, metadata/index CRCs, SHA-256
+    listed in the index, every record's CRC32 and decoding), then the dataset as a
+    whole (record counts, shared settings, keys unique across shards).
+    Exits with status 1 and lists the bad shards and keys when anything is wrong.
+    """
+    if path.startswith("hf://"):
+        with open_maps(path) as maps, progress_bar(None, "verifying"):
+            records, nfiles = len(maps), len(getattr(maps, "shard_names", [path]))
+            problems = [{"where": path, "problem": p} for p in maps.verify()]
+    else:
+        if not os.path.exists(path):
+            raise click.ClickException(f"no such file or folder: {path}")
+        with progress_bar(None, "verifying shards") as advance:
+            records, nfiles, problems = _verify_local(path, advance)
+    ok = not problems
+    if as_json:
+        echo_json({"path": path, "ok": ok, "records": records, "files": nfiles, "problems": problems})
+    else:
+        from rich.markup import escape
+
+        if ok:
+            console(markup=True).print(f"[green]OK[/green]: {records:,} records in {nfiles} file(s), all checks passed")
+        else:
+            err = console(stderr=True, markup=True)
+            for p in problems:
+                err.print(f"[red]BAD[/red] {escape(p['where'])}: {escape(p['problem'])}")
+            err.print(f"{len(problems)} problem(s) found in {escape(path)}")
+    if not ok:
+        click.get_current_context().exit(1)

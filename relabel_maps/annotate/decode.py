@@ -1,0 +1,240 @@
+"""Image decoding and resizing for the annotator.
+
+Two paths produce the same teacher input:
+
+* CPU: PIL decodes any format (JPEG incl. CMYK, PNG incl. 16-bit/alpha/palette, grayscale, ...)
+  to 8-bit RGB and :func:`resize_pil` resizes it (antialiased bicubic) in the DataLoader workers.
+* CUDA: RGB/grayscale JPEGs are sent as bytes and decoded in batches by nvJPEG
+  (:func:`decode_jpegs`), then resized on the GPU by :func:`resize_image` (torch's antialiased
+  bicubic, which follows PIL's filter; the two agree within one grey level).
+
+EXIF orientation is not applied (as in torchvision's and PIL's default loaders used for
+training), so the map's grid matches the pixels a training pipeline sees.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = [
+    "DecodedItem",
+    "DEFAULT_MAX_PIXELS",
+    "ImageDecodeError",
+    "load_rgb",
+    "load_item",
+    "resize_image",
+    "resize_pil",
+    "decode_jpegs",
+]
+
+DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own hard limit (2 x Image.MAX_IMAGE_PIXELS)
+_JPEG_SOI = b"\xff\xd8"
+_JPEG_EOI = b"\xff\xd9"
+_PNG_SIG = b"\x89PNG\r\n\x1a\n"
+_IMAGE_MAGICS = (_JPEG_SOI, _PNG_SIG, b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
+
+
+def _looks_truncated(data: bytes) -> bool:
+    """A JPEG without its end-of-image marker or a PNG without its IEND chunk."""
+    if data.startswith(_JPEG_SOI):
+        return not data.rstrip(b"\x00").endswith(_JPEG_EOI)
+    if data.startswith(_PNG_SIG):
+        return b"IEND" not in data[-16:]
+    return False
+
+
+class ImageDecodeError(Exception):
+    """An image cannot be decoded; ``reason`` is a short machine-friendly tag."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class DecodedItem:
+    """A worker's result for one image.
+
+    ``kind`` is ``"tensor"`` (``data``: resized ``(3, H, W)`` uint8 tensor), ``"jpeg"`` (``data``:
+    the file's bytes as a uint8 tensor, decoded on the GPU) or ``"error"`` (``reason``/``detail``).
+    """
+
+    index: int
+    key: str
+    path: str
+    kind: str
+    data: Any = None
+    reason: str = ""
+    detail: str = ""
+
+
+def _to_rgb_array(img: Any) -> np.ndarray:
+    """8-bit RGB ``(H, W, 3)`` array of a PIL image of any mode."""
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        a = np.asarray(img)
+        a = a.astype(np.int64)
+        peak = 65535 if mode.startswith("I;16") or a.max(initial=0) > 255 else 255
+        a = np.clip(a, 0, peak) * 255 // peak
+        a = a.astype(np.uint8)
+        return np.repeat(a[:, :, None], 3, axis=2)
+    if mode == "F":
+        a = np.nan_to_num(np.asarray(img, dtype=np.float32))
+        lo, hi = float(a.min(initial=0.0)), float(a.max(initial=0.0))
+        a = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo)
+        a = np.round(a * 255).astype(np.uint8)
+        return np.repeat(a[:, :, None], 3, axis=2)
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.array(img, dtype=np.uint8)
+
+
+def _open_checked(data: bytes, max_pixels: int) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():  # the size limit below replaces PIL's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        if not data:
+            raise ImageDecodeError("not-an-image", "empty file") from None
+        if data.startswith(_IMAGE_MAGICS):
+            raise ImageDecodeError("corrupt", "the header of a known image format does not parse") from None
+        raise ImageDecodeError("not-an-image", f"unrecognised file type (starts with {data[:8]!r})") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError("decompression-bomb", str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types on corrupt headers
+        raise ImageDecodeError("corrupt", f"{type(exc).__name__}: {exc}") from None
+    w, h = img.size
+    if w < 1 or h < 1:
+        raise ImageDecodeError("empty", f"image size {w}x{h}")
+    if w * h > max_pixels:
+        raise ImageDecodeError("decompression-bomb", f"{w}x{h} = {w * h} pixels > limit {max_pixels}")
+    return img
+
+
+def load_rgb(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode encoded image bytes with PIL to an 8-bit RGB ``(H, W, 3)`` array.
+
+    Raises:
+        ImageDecodeError: not an image, truncated/corrupt, or more than ``max_pixels`` pixels
+            (checked from the header, before any pixel is decoded).
+    """
+    from PIL import Image
+
+    img = _open_checked(data, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+            arr = _to_rgb_array(img)
+    except Exception as exc:  # noqa: BLE001 - OSError, SyntaxError, ValueError, ... from PIL plugins
+        reason = "truncated" if "truncated" in str(exc).lower() or _looks_truncated(data) else "corrupt"
+        raise ImageDecodeError(reason, f"{type(exc).__name__}: {exc}") from None
+    return np.ascontiguousarray(arr)
+
+
+def _crop_box(h: int, w: int, size: Sequence[int], resize: str) -> tuple[int, int, int, int]:
+    """``(top, left, height, width)`` of the source region that is resized to ``size``."""
+    if resize == "squash":
+        return 0, 0, h, w
+    th, tw = int(size[0]), int(size[1])
+    scale = max(th / h, tw / w)  # cover the target, then centre-crop its aspect ratio
+    ch, cw = min(h, max(1, round(th / scale))), min(w, max(1, round(tw / scale)))
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def resize_image(img: Any, size: Sequence[int], resize: str = "squash", *, finish: bool = True) -> Any:
+    """Resize a ``(3, h, w)`` uint8 tensor (any device) to ``size`` with antialiased bicubic.
+
+    ``resize="squash"`` maps the whole image onto ``size`` (ReLabel); ``"center-crop"`` scales it
+    to cover ``size`` and crops the centre. Returns integer-valued float32 ``(3, H, W)`` in [0, 255]
+    (``finish=False`` skips the rounding and clamping, for callers that do it once per batch).
+    """
+    import torch.nn.functional as F
+
+    top, left, ch, cw = _crop_box(int(img.shape[-2]), int(img.shape[-1]), size, resize)
+    x = img[:, top : top + ch, left : left + cw].float()[None]
+    if (ch, cw) != (int(size[0]), int(size[1])):
+        x = F.interpolate(x, size=(int(size[0]), int(size[1])), mode="bicubic", antialias=True, align_corners=False)
+    return x[0].round_().clamp_(0, 255) if finish else x[0]
+
+
+def resize_pil(arr: np.ndarray, size: Sequence[int], resize: str = "squash") -> np.ndarray:
+    """CPU twin of :func:`resize_image` for ``(h, w, 3)`` uint8 arrays: PIL's antialiased bicubic
+    (about twice as fast as torch's on the CPU; the two agree within one grey level)."""
+    from PIL import Image
+
+    h, w = arr.shape[:2]
+    top, left, ch, cw = _crop_box(h, w, size, resize)
+    th, tw = int(size[0]), int(size[1])
+    if (ch, cw) == (th, tw):
+        return np.ascontiguousarray(arr[top : top + ch, left : left + cw])
+    img = Image.fromarray(np.ascontiguousarray(arr[top : top + ch, left : left + cw]))
+    return np.asarray(img.resize((tw, th), Image.BICUBIC))
+
+
+def load_item(
+    index: int,
+    key: str,
+    path: str,
+    *,
+    size: Sequence[int],
+    resize: str,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    jpeg_passthrough: bool = False,
+) -> DecodedItem:
+    """Read one image file for the teacher (runs in DataLoader workers; never raises for bad images)."""
+    import torch
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        return DecodedItem(index, key, path, "error", reason="unreadable", detail=str(exc))
+    try:
+        if jpeg_passthrough and data[:2] == _JPEG_SOI and data.rstrip(b"\x00")[-2:] == _JPEG_EOI:
+            img = _open_checked(data, max_pixels)
+            if img.format == "JPEG" and img.mode in ("RGB", "L"):
+                return DecodedItem(index, key, path, "jpeg", data=torch.frombuffer(bytearray(data), dtype=torch.uint8))
+        arr = load_rgb(data, max_pixels=max_pixels)
+    except ImageDecodeError as exc:
+        return DecodedItem(index, key, path, "error", reason=exc.reason, detail=exc.detail)
+    out = torch.from_numpy(np.array(resize_pil(arr, size, resize))).permute(2, 0, 1)
+    return DecodedItem(index, key, path, "tensor", data=out)
+
+
+def decode_jpegs(datas: Sequence[Any], device: Any) -> list[Any]:
+    """Decode JPEG byte tensors on ``device`` (nvJPEG on CUDA); ``None`` where an image fails.
+
+    Tries one batched call first and falls back to one call per image, so a single odd file does
+    not cost the batch.
+    """
+    with warnings.catch_warnings():  # torchvision >= 0.29 flags its decoders as deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        return _decode_jpegs(decode_jpeg, ImageReadMode.RGB, datas, device)
+
+
+def _decode_jpegs(decode_jpeg: Any, mode: Any, datas: Sequence[Any], device: Any) -> list[Any]:
+    try:
+        return list(decode_jpeg(list(datas), mode=mode, device=device))
+    except Exception:  # noqa: BLE001 - nvJPEG rejects some files; retry them one by one
+        pass
+    out: list[Any] = []
+    for d in datas:
+        try:
+            out.append(decode_jpeg(d, mode=mode, device=device))
+        except Exception:  # noqa: BLE001
+            out.append(None)
+    return out

@@ -1,0 +1,227 @@
+"""The size-optimised ``compact`` codec: a class palette plus fixed-step quantised logits coded as
+rank gaps.
+
+Body layout (spec/ENCODINGS.md, section "compact"), little-endian::
+
+    header   u32 P, i32 top-1 base, i32 lse base, u8 palette width, u8 score width, u8 lse width, u8 0
+    counts   H*W u8                                     (FLAG_COUNTS only)
+    palette  P   differences of the sorted distinct classes (the first is the class itself)
+    ids      V   palette position of every valid entry, rank-major (u8/u16/u32 by P)
+    scores   V   round(score[0] / step) - top-1 base for every location, then the gaps
+                 round(score[r-1] / step) - round(score[r] / step) of the valid entries of rank >= 1
+    lse      H*W round((lse - score[0]) / step) - lse base  (FLAG_LSE only)
+
+Multi-byte streams are byte-shuffled (all low bytes first) so zstd sees the near-constant high bytes
+as runs. Decoding is a fixed sequence of vectorised numpy operations: a palette lookup and one small
+matrix product that turns the byte planes of the score stream straight into scores (a lower-
+triangular matrix of ``±step`` per plane, scaled by 256 per byte), exact in float64 and rounded once
+to float32. Nothing loops over entries or locations.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any
+
+import numpy as np
+
+from ..errors import CorruptRecordError, InvalidArgumentError, InvalidLabelMapError
+from . import FLAG_COUNTS, FLAG_LSE, RecordArrays, register_codec
+from . import raw as _raw  # noqa: F401  (registers f32/f16 too when this module is imported first)
+
+__all__ = ["CompactCodec", "DEFAULT_STEP"]
+
+#: quantisation step of the logits: error <= 1/256, the worst case of float16 for logits in [8, 16)
+DEFAULT_STEP = 2.0**-7
+_HEADER = struct.Struct("<IiiBBBB")
+_WIDTHS = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4")}
+_QMAX = 2**30  # |round(x / step)| limit: every stream value then fits 32 bits
+
+
+def _width(values: np.ndarray) -> int:
+    """Smallest of 1, 2, 4 bytes that holds every (non-negative) value."""
+    top = int(values.max()) if values.size else 0
+    return 1 if top < 2**8 else 2 if top < 2**16 else 4
+
+
+def _put(values: np.ndarray, width: int) -> bytes:
+    """``values`` as ``width``-byte little-endian integers, byte-shuffled (low byte plane first)."""
+    a = np.ascontiguousarray(values, dtype=_WIDTHS[width])
+    return a.tobytes() if width == 1 else a.view(np.uint8).reshape(-1, width).T.tobytes()
+
+
+def _planes(buf: np.ndarray, pos: int, count: int, width: int) -> tuple[np.ndarray, int]:
+    """The ``(width, count)`` byte planes of a shuffled stream at ``pos``, and the next position."""
+    end = pos + count * width
+    return buf[pos:end].reshape(width, count), end
+
+
+def _values(planes: np.ndarray, base: float = 0.0) -> np.ndarray:
+    """float64 values of shuffled byte ``planes`` (exact: below 2**32 + |base|)."""
+    out = np.add(planes[-1], base / 256.0 ** (len(planes) - 1))
+    for plane in planes[-2::-1]:
+        out *= 256.0
+        out += plane
+    return out
+
+
+class CompactCodec:
+    """Lossy codec: indices exact, scores (and lse) rounded to a multiple of ``step``."""
+
+    name = "compact"
+    lossless = False
+
+    def __init__(self, step: float = DEFAULT_STEP) -> None:
+        try:
+            e = math.log2(float(step))
+        except (TypeError, ValueError):
+            e = math.nan
+        if not (e == e and e == round(e) and -24 <= e <= 0):
+            raise InvalidArgumentError(f"compact step must be a power of two in [2**-24, 1], got {step!r}")
+        self.step = float(step)
+        self._rank_cache: dict[tuple[int, int], np.ndarray] = {}
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return {"name": self.name, "step": self.step}
+
+    def max_body_size(self, k: int, h: int, w: int, flags: int, index_itemsize: int) -> int:
+        n, m = k * h * w, h * w
+        # palette: <= n classes of the index width; ids and scores: <= 4 bytes per entry
+        size = _HEADER.size + n * index_itemsize + n * 4 + n * 4
+        if flags & FLAG_COUNTS:
+            size += m
+        if flags & FLAG_LSE:
+            size += m * 4
+        return size
+
+    # ------------------------------------------------------------------ encode
+    def _quantise(self, x: np.ndarray, what: str) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        if not np.isfinite(x).all():
+            raise InvalidLabelMapError(f"{what} must be finite")
+        q = np.rint(x / self.step)
+        if q.size and np.abs(q).max() > _QMAX:
+            raise InvalidLabelMapError(
+                f"{what} up to {np.abs(x).max():.4g} exceed the compact range at step {self.step} "
+                f"(|value| <= {_QMAX * self.step:.4g}); use a larger step or the f32 encoding"
+            )
+        return q.astype(np.int64)
+
+    def encode(self, arrays: RecordArrays) -> bytes:
+        idx, scores, counts, lse = arrays
+        k, h, w = idx.shape
+        m = h * w
+        q = self._quantise(scores, "scores").reshape(k, m)
+        if counts is None:
+            valid = np.ones((k, m), dtype=bool)
+        else:
+            c = np.asarray(counts, dtype=np.uint8).reshape(m)
+            if c.min() < 1 or c.max() > k:
+                raise InvalidLabelMapError(f"counts must lie in [1, {k}]")
+            valid = np.arange(k)[:, None] < c[None]
+        gaps = (q[:-1] - q[1:])[valid[1:]]
+        if gaps.size and gaps.min() < 0:
+            raise InvalidLabelMapError("scores must be in descending order at every location")
+        palette, ids = np.unique(idx.reshape(k, m)[valid].astype(np.int64), return_inverse=True)
+        pal_d = np.diff(palette, prepend=0)
+        top_base = int(q[0].min())
+        values = np.concatenate([q[0] - top_base, gaps])
+        wp, wi, ws = _width(pal_d), _width(np.array([len(palette) - 1])), _width(values)
+        parts = [] if counts is None else [c.tobytes()]
+        parts += [_put(pal_d, wp), _put(ids, wi), _put(values, ws)]
+        wl, lse_base = 1, 0
+        if lse is not None:
+            ql = self._quantise(np.asarray(lse, dtype=np.float64).reshape(m) - q[0] * self.step, "lse - top-1 score")
+            lse_base = int(ql.min())
+            wl = _width(ql - lse_base)
+            parts.append(_put(ql - lse_base, wl))
+        return _HEADER.pack(len(palette), top_base, lse_base, wp, ws, wl, 0) + b"".join(parts)
+
+    # ------------------------------------------------------------------ decode
+    def _ranks(self, k: int, planes: int) -> np.ndarray:
+        """``(k, planes*k)`` matrix turning the byte planes of (top-1, gap 1, ..., gap k-1) into scores.
+
+        Its block for plane ``b`` is ``256**b`` times the ``(k, k)`` matrix with ``step`` in column 0
+        and ``-step`` below the diagonal elsewhere: score[r] = step * (top-1 - gap 1 - ... - gap r).
+        """
+        mat = self._rank_cache.get((k, planes))
+        if mat is None:
+            one = np.tril(np.full((k, k), -self.step))
+            one[:, 0] = self.step
+            one[0, 1:] = 0.0
+            mat = self._rank_cache[(k, planes)] = np.concatenate([one * 256.0**b for b in range(planes)], axis=1)
+        return mat
+
+    def decode(
+        self, body: bytes | memoryview, k: int, h: int, w: int, flags: int, index_dtype: np.dtype
+    ) -> RecordArrays:
+        index_dtype = np.dtype(index_dtype)
+        m = h * w
+        buf = np.frombuffer(body, dtype=np.uint8)
+        size = buf.size
+        if size < _HEADER.size:
+            raise CorruptRecordError(f"compact body of {size} bytes is shorter than its header")
+        npal, top_base, lse_base, wp, ws, wl, reserved = _HEADER.unpack_from(body, 0)
+        if wp not in _WIDTHS or ws not in _WIDTHS or wl not in _WIDTHS or reserved:
+            raise CorruptRecordError("compact body declares an invalid stream width")
+        pos = _HEADER.size
+        counts = valid = None
+        nvalid = k * m
+        if flags & FLAG_COUNTS:
+            if size < pos + m:
+                raise CorruptRecordError("compact body truncated inside counts")
+            counts = buf[pos : pos + m].reshape(h, w).copy()
+            pos += m
+            if counts.min() < 1 or counts.max() > k:
+                raise CorruptRecordError(f"compact counts outside [1, {k}]")
+            valid = np.arange(k)[:, None] < counts.reshape(1, m)
+            nvalid = int(counts.sum(dtype=np.int64))
+        if not 1 <= npal <= nvalid:
+            raise CorruptRecordError(f"compact palette size {npal} outside [1, {nvalid}]")
+        wi = 1 if npal <= 2**8 else 2 if npal <= 2**16 else 4
+        expected = pos + npal * wp + nvalid * (wi + ws) + (m * wl if flags & FLAG_LSE else 0)
+        if size != expected:
+            raise CorruptRecordError(f"compact body is {size} bytes, its header implies {expected}")
+        pal_planes, pos = _planes(buf, pos, npal, wp)
+        pal_d = pal_planes[0] if wp == 1 else pal_planes.T.copy().view(_WIDTHS[wp]).ravel()
+        if not pal_d[1:].all():
+            raise CorruptRecordError("compact palette is not strictly increasing")
+        palette = pal_d.astype(np.int64).cumsum()
+        if int(palette[-1]) >> (8 * index_dtype.itemsize):
+            raise CorruptRecordError("compact palette holds a class index wider than the index type")
+        id_planes, pos = _planes(buf, pos, nvalid, wi)
+        ids = id_planes[0] if wi == 1 else id_planes.T.copy().view(_WIDTHS[wi]).ravel()
+        if ids.max() >= npal:
+            raise CorruptRecordError("compact palette id out of range")
+        score_planes, pos = _planes(buf, pos, nvalid, ws)
+        palette = palette.astype(index_dtype)
+        # products and sums below are exact in float64 (|values| < 2**40 steps), then rounded once
+        if valid is None:
+            indices = palette.take(ids.astype(np.intp)).reshape(k, h, w)
+            res = self._ranks(k, ws) @ score_planes.reshape(ws * k, m).astype(np.float64)
+        else:
+            indices = np.zeros((k, m), dtype=index_dtype)
+            indices[valid] = palette.take(ids.astype(np.intp))
+            indices = indices.reshape(k, h, w)
+            values = _values(score_planes)
+            v = np.zeros((k, m))
+            v[0] = values[:m]
+            v[1:][valid[1:]] = values[m:]
+            res = self._ranks(k, 1) @ v
+        res += top_base * self.step
+        scores = res.astype(np.float32)
+        if valid is not None:
+            scores[~valid] = 0.0
+        lse = None
+        if flags & FLAG_LSE:
+            lse_planes, pos = _planes(buf, pos, m, wl)
+            lv = _values(lse_planes, float(lse_base))
+            lv *= self.step
+            lv += res[0]
+            lse = lv.astype(np.float32).reshape(h, w)
+        return RecordArrays(indices, scores.reshape(k, h, w), counts, lse)
+
+
+register_codec("compact", CompactCodec)

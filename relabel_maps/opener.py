@@ -1,0 +1,36 @@
+"""``relabel_maps.open``: one entry point for files, shard folders, index files and ``hf://`` URLs."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .errors import InvalidArgumentError
+from .reader import LabelMaps, Reader, Source
+
+__all__ = ["open"]
+
+
+def open(source: Source, *, verify: bool = False, **kwargs: Any) -> LabelMaps:  # noqa: A001
+    """Open label maps as a read-only ``Mapping[str, LabelMap]`` (also a context manager).
+
+    ``source`` is a ``.rlm`` file path, a folder of shards, a ``NAME.index.json``, an
+    ``hf://owner/repo[@rev][/subdir]`` URL, or a seekable binary file object holding one file.
+    ``verify=True`` checks each record's CRC32 as it is read. Extra keyword arguments go to the
+    ``hf://`` opener.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if isinstance(path, str) and path.startswith("hf://"):
+            from .hub import open_hub
+
+            return open_hub(path, verify=verify, **kwargs)
+        from .shards import INDEX_SUFFIX, open_folder, open_index
+
+        if os.path.isdir(path):
+            return open_folder(path, verify=verify)
+        if str(path).endswith(INDEX_SUFFIX) or str(path).endswith(".json"):
+            return open_index(path, verify=verify)
+    if kwargs:
+        raise InvalidArgumentError(f"unexpected options for a local source: {', '.join(sorted(kwargs))}")
+    return Reader(source, verify=verify)

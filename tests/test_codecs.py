@@ -1,0 +1,317 @@
+"""Record-body codecs (spec/ENCODINGS.md): round trips, edge cases, byte layouts, malformed bodies."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from relabel_maps.codecs import FLAG_COUNTS, FLAG_LSE, RecordArrays, get_codec
+from relabel_maps.codecs.compact import DEFAULT_STEP, CompactCodec
+from relabel_maps.errors import CorruptRecordError, InvalidArgumentError, InvalidLabelMapError
+
+ALL = [{"name": "f32"}, {"name": "f16"}, {"name": "compact"}, {"name": "compact", "step": 2.0**-10}]
+
+
+def make(
+    rng: np.random.Generator, k: int, h: int, w: int, num_classes: int, *,
+    lse: bool = False, counts: bool = False, scale: float = 8.0,
+) -> RecordArrays:  # fmt: skip
+    """Random arrays shaped like a label map: distinct classes per location, descending scores."""
+    m = h * w
+    kk = min(k, num_classes)
+    idx = np.empty((k, m), dtype=np.int64)
+    for j in range(m):
+        idx[:kk, j] = rng.choice(num_classes, size=kk, replace=False)
+        idx[kk:, j] = idx[0, j]
+    sc = -np.sort(-rng.normal(0, scale, (k, m)), axis=0).astype(np.float32)
+    dtype = np.uint16 if num_classes <= 65536 else np.uint32
+    cnt = None
+    if counts:
+        cnt = rng.integers(1, k + 1, m).astype(np.uint8)
+        pad = np.arange(k)[:, None] >= cnt[None]
+        idx[pad], sc[pad] = 0, 0.0
+        cnt = cnt.reshape(h, w)
+    l = (sc[0] + rng.uniform(0, 5, m)).astype(np.float32).reshape(h, w) if lse else None
+    return RecordArrays(idx.astype(dtype).reshape(k, h, w), sc.reshape(k, h, w), cnt, l)
+
+
+def roundtrip(codec, a: RecordArrays) -> RecordArrays:
+    body = codec.encode(a)
+    assert len(body) <= codec.max_body_size(*a.indices.shape, a.flags, a.indices.itemsize)
+    return codec.decode(body, *a.indices.shape, a.flags, a.indices.dtype)
+
+
+def check(codec, a: RecordArrays, out: RecordArrays) -> None:
+    assert out.indices.dtype == a.indices.dtype and out.indices.shape == a.indices.shape
+    assert out.scores.dtype == np.float32 and out.scores.shape == a.scores.shape
+    np.testing.assert_array_equal(out.indices, a.indices)
+    if codec.name == "f32":
+        np.testing.assert_array_equal(out.scores, a.scores)
+    elif codec.name == "f16":
+        np.testing.assert_array_equal(out.scores, a.scores.astype(np.float16).astype(np.float32))
+    else:  # compact: exactly the scores rounded to the step grid, so within step / 2
+        q = np.rint(a.scores.astype(np.float64) / codec.step)
+        np.testing.assert_array_equal(out.scores, (q * codec.step).astype(np.float32))
+        assert np.abs(out.scores.astype(np.float64) - a.scores).max() <= codec.step / 2 + 1e-6 * np.abs(a.scores).max()
+        if a.counts is None:
+            assert (np.diff(out.scores, axis=0) <= 0).all()
+    if a.counts is None:
+        assert out.counts is None
+    else:
+        np.testing.assert_array_equal(out.counts, a.counts)
+        pad = np.arange(a.indices.shape[0])[:, None, None] >= a.counts[None]
+        assert (out.indices[pad] == 0).all() and (out.scores[pad] == 0).all()
+    if a.lse is None:
+        assert out.lse is None
+    else:
+        assert out.lse.dtype == np.float32 and out.lse.shape == a.lse.shape
+        if codec.name in ("f32", "f16"):
+            np.testing.assert_array_equal(out.lse, a.lse)
+        else:
+            q0 = np.rint(a.scores[0].astype(np.float64) / codec.step)
+            ql = np.rint((a.lse.astype(np.float64) - q0 * codec.step) / codec.step)
+            np.testing.assert_array_equal(out.lse, ((ql + q0) * codec.step).astype(np.float32))
+            assert np.abs(out.lse.astype(np.float64) - a.lse).max() <= codec.step / 2 + 1e-6 * np.abs(a.lse).max()
+
+
+# ---------------------------------------------------------------------------------------------- round trips
+@pytest.mark.parametrize("spec", ALL, ids=lambda s: "-".join(map(str, s.values())))
+@pytest.mark.parametrize("lse,counts", [(False, False), (True, False), (False, True), (True, True)])
+def test_roundtrip_real_shape(spec, lse, counts):
+    codec = get_codec(spec)
+    a = make(np.random.default_rng(0), 5, 15, 15, 1000, lse=lse, counts=counts)
+    check(codec, a, roundtrip(codec, a))
+
+
+@given(
+    k=st.integers(1, 8), h=st.integers(1, 9), w=st.integers(1, 9),
+    num_classes=st.sampled_from([1, 2, 7, 256, 257, 1000, 65536, 65537, 200_000]),
+    lse=st.booleans(), counts=st.booleans(), seed=st.integers(0, 2**32 - 1),
+    spec=st.sampled_from(ALL),
+)  # fmt: skip
+def test_roundtrip_property(k, h, w, num_classes, lse, counts, seed, spec):
+    codec = get_codec(spec)
+    a = make(np.random.default_rng(seed), k, h, w, num_classes, lse=lse, counts=counts)
+    check(codec, a, roundtrip(codec, a))
+
+
+def test_wide_indices_use_uint32_and_palette_over_256():
+    rng = np.random.default_rng(1)
+    a = make(rng, 5, 15, 15, 100_000)
+    assert a.indices.dtype == np.uint32 and len(np.unique(a.indices)) > 256
+    codec = get_codec("compact")
+    out = roundtrip(codec, a)
+    np.testing.assert_array_equal(out.indices, a.indices)
+    assert out.indices.max() > 65535
+
+
+# ---------------------------------------------------------------------------------------------- edge cases
+def test_k1_and_1x1_grid():
+    codec = get_codec("compact")
+    a = RecordArrays(np.array([[[3]]], np.uint16), np.array([[[1.25]]], np.float32), None, None)
+    out = roundtrip(codec, a)
+    assert out.indices.tolist() == [[[3]]] and out.scores.tolist() == [[[1.25]]]
+
+
+def test_all_equal_scores_are_exact():
+    codec = get_codec("compact")
+    idx = np.stack([np.full((4, 4), c, np.uint16) for c in (9, 2, 5)])
+    a = RecordArrays(idx, np.full((3, 4, 4), 2.5, np.float32), None, None)
+    out = roundtrip(codec, a)
+    np.testing.assert_array_equal(out.indices, idx)
+    np.testing.assert_array_equal(out.scores, a.scores)
+
+
+@pytest.mark.parametrize("values", [(1e4, 9999.0, 9996.5), (-9996.5, -9999.0, -1e4), (1e4, 0.0, -1e4)])
+def test_extreme_logits_within_range_are_kept(values):
+    codec = get_codec("compact")
+    sc = np.array(values, np.float32).reshape(3, 1, 1)
+    out = roundtrip(codec, RecordArrays(np.array([4, 1, 7], np.uint16).reshape(3, 1, 1), sc, None, None))
+    np.testing.assert_array_equal(out.scores, sc)
+
+
+def test_logits_beyond_range_raise_clearly():
+    codec = get_codec("compact")
+    sc = np.array([1e7, 0.0], np.float32).reshape(2, 1, 1)
+    with pytest.raises(InvalidLabelMapError, match="range"):
+        codec.encode(RecordArrays(np.array([1, 2], np.uint16).reshape(2, 1, 1), sc, None, None))
+    coarse = get_codec({"name": "compact", "step": 1.0})
+    out = roundtrip(coarse, RecordArrays(np.array([1, 2], np.uint16).reshape(2, 1, 1), sc, None, None))
+    assert out.scores[0, 0, 0] == 1e7
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_scores_raise(bad):
+    sc = np.array([bad, 0.0], np.float32).reshape(2, 1, 1)
+    with pytest.raises(InvalidLabelMapError, match="finite"):
+        get_codec("compact").encode(RecordArrays(np.array([1, 2], np.uint16).reshape(2, 1, 1), sc, None, None))
+
+
+def test_unsorted_scores_raise():
+    sc = np.array([0.0, 1.0], np.float32).reshape(2, 1, 1)
+    with pytest.raises(InvalidLabelMapError, match="descending"):
+        get_codec("compact").encode(RecordArrays(np.array([1, 2], np.uint16).reshape(2, 1, 1), sc, None, None))
+
+
+@pytest.mark.parametrize("step", [0.01, 3, 0, -1, "x", 2.0**-30])
+def test_bad_step(step):
+    with pytest.raises(InvalidArgumentError):
+        get_codec({"name": "compact", "step": step})
+
+
+def test_spec_and_defaults():
+    codec = get_codec("compact")
+    assert isinstance(codec, CompactCodec) and not codec.lossless
+    assert codec.spec == {"name": "compact", "step": DEFAULT_STEP} == {"name": "compact", "step": 2.0**-7}
+    assert get_codec(codec.spec).spec == codec.spec
+    assert get_codec("f32").lossless and not get_codec("f16").lossless
+
+
+def test_deterministic_bytes():
+    a = make(np.random.default_rng(3), 5, 6, 7, 1000, lse=True, counts=True)
+    for spec in ALL:
+        assert get_codec(spec).encode(a) == get_codec(spec).encode(a)
+
+
+# ---------------------------------------------------------------------------------------------- byte layout
+def test_compact_byte_layout_matches_spec():
+    """The example body of spec/ENCODINGS.md section 3.5 decodes as specified and re-encodes exactly."""
+    # k=2, 1x2 grid, classes {3, 10}; scores [[1.0, 0.5], [0.25, -0.5]] at step 1/4; lse 2.0 and 1.0
+    header = struct.pack("<IiiBBBB", 2, 2, 2, 1, 1, 1, 0)  # P=2, top base 2 (= 0.5 / 0.25), lse base 2
+    palette = bytes([3, 10 - 3])
+    ids = bytes([0, 1, 1, 0])  # rank 0: classes 3, 10; rank 1: classes 10, 3
+    scores = bytes([4 - 2, 2 - 2, 4 - 1, 2 - (-2)])  # top-1 minus base, then the gaps (in steps)
+    lse = bytes([(8 - 4) - 2, (4 - 2) - 2])  # round(lse / step) - top-1, minus base 2
+    body = header + palette + ids + scores + lse
+    assert body.hex() == "02000000020000000200000001010100" "0307" "00010100" "02000304" "0200"
+    out = CompactCodec(0.25).decode(body, 2, 1, 2, FLAG_LSE, np.uint16)
+    assert out.indices.tolist() == [[[3, 10]], [[10, 3]]]
+    assert out.scores.tolist() == [[[1.0, 0.5]], [[0.25, -0.5]]]
+    assert out.lse.tolist() == [[2.0, 1.0]]
+    assert CompactCodec(0.25).encode(RecordArrays(out.indices, out.scores, None, out.lse)) == body
+
+
+def test_raw_byte_layout_matches_spec():
+    idx = np.array([1, 0x0203], np.uint16).reshape(2, 1, 1)
+    sc = np.array([1.0, -2.0], np.float32).reshape(2, 1, 1)
+    body = get_codec("f16").encode(RecordArrays(idx, sc, np.array([[2]], np.uint8), None))
+    f16 = np.array([1.0, -2.0], np.float16).view(np.uint16)
+    expected = bytes([0x01, 0x03, 0x00, 0x02]) + bytes([f16[0] & 255, f16[1] & 255, f16[0] >> 8, f16[1] >> 8]) + b"\x02"
+    assert body == expected
+
+
+# ---------------------------------------------------------------------------------------------- malformed
+def _decode(codec, body, a):
+    return codec.decode(body, *a.indices.shape, a.flags, a.indices.dtype)
+
+
+@pytest.mark.parametrize("spec", ALL, ids=lambda s: "-".join(map(str, s.values())))
+def test_truncated_and_extended_bodies_raise(spec):
+    codec = get_codec(spec)
+    a = make(np.random.default_rng(5), 3, 4, 5, 300, lse=True, counts=True)
+    body = codec.encode(a)
+    for cut in range(0, len(body), max(1, len(body) // 40)):
+        with pytest.raises(CorruptRecordError):
+            _decode(codec, body[:cut], a)
+    with pytest.raises(CorruptRecordError):
+        _decode(codec, body + b"\0", a)
+
+
+def test_compact_reject_rules():
+    """One case per reject rule C1-C9 of spec/ENCODINGS.md section 3.4 (C1 and C5: truncation test)."""
+    codec = get_codec("compact")
+    a = make(np.random.default_rng(6), 3, 4, 5, 300, counts=True, scale=0.5)
+    body = bytearray(codec.encode(a))
+    npal = struct.unpack_from("<I", body)[0]
+
+    def bad(mutate, match):
+        b = bytearray(body)
+        mutate(b)
+        with pytest.raises(CorruptRecordError, match=match):
+            _decode(codec, bytes(b), a)
+
+    bad(lambda b: b.__setitem__(12, 3), "width")  # C2: palette width 3
+    bad(lambda b: b.__setitem__(15, 1), "width")  # C2: reserved byte set
+    bad(lambda b: b.__setitem__(16, 0), "counts")  # C3: a location with no entries
+    bad(lambda b: b.__setitem__(16, 4), "counts")  # C3: more than k entries
+    bad(lambda b: b.__setitem__(slice(0, 4), struct.pack("<I", 0)), "palette size")  # C4
+    bad(lambda b: b.__setitem__(slice(0, 4), struct.pack("<I", 10**6)), "palette size")  # C4
+    bad(lambda b: b.__setitem__(slice(0, 4), struct.pack("<I", npal - 1)), "implies")  # C5
+    bad(lambda b: b.__setitem__(16 + 20 + 1, 0), "increasing")  # C6: second palette difference 0
+    bad(lambda b: b.__setitem__(16 + 20 + npal, 255), "palette id")  # C8
+    wide = bytearray(codec.encode(make(np.random.default_rng(7), 2, 2, 2, 60_000)))
+    wide[16 + 2 * struct.unpack_from("<I", wide)[0] - 1] = 0xFF  # C7: last palette difference, high byte
+    with pytest.raises(CorruptRecordError, match="index type"):
+        codec.decode(bytes(wide), 2, 2, 2, 0, np.uint16)
+
+
+@pytest.mark.parametrize("spec", ALL, ids=lambda s: "-".join(map(str, s.values())))
+def test_mutation_fuzz_only_typed_errors(spec):
+    """Random byte flips, insertions and deletions: decode or CorruptRecordError, never anything else."""
+    codec = get_codec(spec)
+    rng = np.random.default_rng(8)
+    cases = [make(rng, k, h, w, c, lse=l, counts=n) for k, h, w, c, l, n in
+             [(5, 15, 15, 1000, False, False), (3, 4, 5, 300, True, True), (1, 1, 1, 7, True, False),
+              (4, 3, 3, 70_000, False, True)]]  # fmt: skip
+    for i in range(300):
+        a = cases[i % len(cases)]
+        body = bytearray(codec.encode(a))
+        op = rng.integers(3)
+        pos = int(rng.integers(len(body)))
+        if op == 0:
+            for _ in range(int(rng.integers(1, 4))):
+                body[int(rng.integers(len(body)))] = int(rng.integers(256))
+        elif op == 1:
+            body[pos:pos] = bytes(rng.integers(0, 256, int(rng.integers(1, 4)), dtype=np.uint8))
+        else:
+            del body[pos : pos + int(rng.integers(1, 4))]
+        try:
+            out = _decode(codec, bytes(body), a)
+        except CorruptRecordError:
+            continue
+        assert out.indices.shape == a.indices.shape and out.scores.shape == a.scores.shape
+        if codec.name != "compact":  # raw bodies have no redundancy left to check values against
+            continue
+        assert np.isfinite(out.scores).all() and (out.lse is None or np.isfinite(out.lse).all())
+        if a.counts is not None:
+            assert out.counts.min() >= 1 and out.counts.max() <= a.indices.shape[0]
+
+
+def test_max_body_size_bounds_worst_case():
+    """Widest streams everywhere: huge class ids, a palette per entry, wide logits and lse."""
+    codec = get_codec({"name": "compact", "step": 2.0**-7})
+    k, h, w = 4, 3, 3
+    n = k * h * w
+    idx = (np.arange(n, dtype=np.uint32) * 100_003 % 4_000_000_000).reshape(k, h, w)
+    sc = -np.sort(-np.linspace(-8e6, 8e6, n)).astype(np.float32).reshape(k, h, w)
+    lse = (sc[0] + 8e6).astype(np.float32)
+    for counts in (None, np.full((h, w), k, np.uint8)):
+        a = RecordArrays(idx, sc, counts, lse)
+        assert len(codec.encode(a)) <= codec.max_body_size(k, h, w, a.flags, 4)
+
+
+def test_flags_constants():
+    assert (FLAG_COUNTS, FLAG_LSE) == (1, 2)
+
+
+# ---------------------------------------------------------------------------------------------- container
+@pytest.mark.parametrize("spec", ALL, ids=lambda s: "-".join(map(str, s.values())))
+def test_through_the_container(tmp_path, spec):
+    import relabel_maps
+
+    rng = np.random.default_rng(9)
+    arrays = {f"img{i}": make(rng, 5, 3 + i, 4, 1000, lse=i % 2 == 1, counts=i == 2) for i in range(4)}
+    path = tmp_path / "maps.rlm"
+    with relabel_maps.Writer(path, num_classes=1000, k=5, encoding=spec) as writer:
+        for key, a in arrays.items():
+            writer.add(key, a.indices, a.scores, lse=a.lse, counts=a.counts)
+    codec = get_codec(spec)
+    with relabel_maps.open(path) as maps:
+        assert maps.metadata["encoding"] == codec.spec
+        for key, a in arrays.items():
+            lm = maps[key]
+            check(codec, a, RecordArrays(lm.indices, lm.scores, lm.counts, lm.lse))

@@ -1,0 +1,96 @@
+"""Merging datasets (ranks/runs) into one."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+
+import relabel_maps
+from relabel_maps.errors import InvalidArgumentError, WriterError
+from relabel_maps.merge import merge
+
+C = 20
+
+
+def make(path, keys, *, seed=0, max_records=2, encoding="f16", teacher="t", **kw):
+    rng = np.random.default_rng(seed)
+    with relabel_maps.Writer(path, num_classes=C, k=2, encoding=encoding, teacher={"name": teacher},
+                             max_records=max_records, **kw) as w:
+        for key in keys:
+            idx = np.stack([rng.choice(C, 2, replace=False) for _ in range(6)], -1).reshape(2, 2, 3)
+            w.add(key, idx, -np.sort(-rng.normal(size=(2, 2, 3)).astype(np.float32), axis=0))
+    return str(path)
+
+
+def sha(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_merge_ranks_copies_shards_byte_for_byte(tmp_path):
+    r0 = make(tmp_path / "rank0", ["a0", "a1", "a2"], seed=0)
+    r1 = make(tmp_path / "rank1", ["b0", "b1"], seed=1)
+    result = merge([r0, r1], tmp_path / "all")
+    assert (result.records, result.shards, result.duplicates, result.rewritten) == (5, 3, 0, 0)
+    names = sorted(os.listdir(tmp_path / "all"))
+    assert names == ["all-00001-of-00003.rlm", "all-00002-of-00003.rlm", "all-00003-of-00003.rlm", "all.index.json"]
+    assert sha(tmp_path / "all" / "all-00001-of-00003.rlm") == sha(tmp_path / "rank0" / "rank0-00001-of-00002.rlm")
+    assert sha(tmp_path / "all" / "all-00003-of-00003.rlm") == sha(tmp_path / "rank1" / "rank1-00001-of-00001.rlm")
+    with relabel_maps.open(tmp_path / "all") as m, relabel_maps.open(r0) as a, relabel_maps.open(r1) as b:
+        assert sorted(m) == ["a0", "a1", "a2", "b0", "b1"]
+        assert m["a2"] == a["a2"] and m["b1"] == b["b1"]
+        assert m.verify() == []
+
+
+@pytest.mark.parametrize("policy", ["first", "last"])
+def test_merge_duplicates(tmp_path, policy):
+    r0 = make(tmp_path / "r0", ["x", "y", "z"], seed=0)
+    r1 = make(tmp_path / "r1", ["y", "w"], seed=1)
+    with pytest.raises(WriterError, match="1 key"):
+        merge([r0, r1], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    result = merge([r0, r1], tmp_path / "out", on_duplicate=policy)
+    assert result.records == 4 and result.duplicates == 1 and result.rewritten == 1
+    winner = r0 if policy == "first" else r1
+    with relabel_maps.open(tmp_path / "out") as m, relabel_maps.open(winner) as src:
+        assert sorted(m) == ["w", "x", "y", "z"] and m["y"] == src["y"]
+        assert m.verify() == []
+
+
+def test_merge_with_links(tmp_path):
+    r0 = make(tmp_path / "r0", ["x", "y", "z"], seed=0)
+    result = merge([r0], tmp_path / "linked", link=True)
+    assert result.records == 3
+    src = os.stat(tmp_path / "r0" / "r0-00001-of-00002.rlm")
+    dst = os.stat(tmp_path / "linked" / "linked-00001-of-00002.rlm")
+    assert (src.st_ino, src.st_dev) == (dst.st_ino, dst.st_dev)
+
+
+def test_merge_into_single_file_and_overwrite(tmp_path):
+    r0 = make(tmp_path / "r0", ["x", "y"], seed=0)
+    one = make(tmp_path / "one.rlm", ["z"], seed=2, max_records=None)
+    out = tmp_path / "merged.rlm"
+    assert merge([r0, one], out).records == 3
+    with pytest.raises(WriterError, match="exists"):
+        merge([r0, one], out)
+    merge([r0, one], out, overwrite=True)
+    with relabel_maps.open(out) as m, relabel_maps.open(one) as o:
+        assert list(m) == ["x", "y", "z"] and m["z"] == o["z"]
+
+
+def test_merge_incompatible_inputs(tmp_path):
+    r0 = make(tmp_path / "r0", ["x"], seed=0)
+    r1 = make(tmp_path / "r1", ["y"], seed=0, teacher="other")
+    with pytest.raises(InvalidArgumentError, match="teacher"):
+        merge([r0, r1], tmp_path / "out")
+    r2 = make(tmp_path / "r2", ["y"], seed=0, encoding="f32")
+    with pytest.raises(InvalidArgumentError, match="encoding"):
+        merge([r0, r2], tmp_path / "out")
+    with pytest.raises(InvalidArgumentError, match="on_duplicate"):
+        merge([r0], tmp_path / "out", on_duplicate="newest")
+    with pytest.raises(InvalidArgumentError, match="given twice"):
+        merge([r0, r0], tmp_path / "out")
+    with pytest.raises(FileNotFoundError):
+        merge([tmp_path / "missing"], tmp_path / "out")

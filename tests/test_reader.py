@@ -1,0 +1,349 @@
+"""Reader and opener: mapping API, sources (path, file objects, factories), fork safety, shards."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+import relabel_maps as rm
+from relabel_maps.errors import FormatError, InvalidArgumentError, MissingKeyError
+from relabel_maps.reader import Reader
+from relabel_maps.shards import ShardedReader
+
+C, K, N = 40, 3, 12
+
+
+def sample(i: int, h: int = 3, w: int = 4):
+    rng = np.random.default_rng(i)
+    idx = np.stack([rng.choice(C, K, replace=False) for _ in range(h * w)], 1).reshape(K, h, w)
+    sc = -np.sort(-rng.normal(size=(K, h, w)).astype(np.float32), axis=0)
+    return idx.astype(np.uint16), sc
+
+
+KEYS = [f"n{i:02d}" for i in range(N)]
+
+
+@pytest.fixture()
+def rlm(tmp_path):
+    p = tmp_path / "a.rlm"
+    with rm.Writer(p, num_classes=C, k=K, encoding="f32", level=1) as w:
+        for i in reversed(range(N)):  # added out of order: the index is sorted anyway
+            w.add(KEYS[i], *sample(i, h=2 + i % 3))
+    return p
+
+
+def test_mapping_api(rlm):
+    with rm.open(rlm) as maps:
+        assert isinstance(maps, Reader) and len(maps) == N
+        assert list(maps) == KEYS and list(maps.keys()) == KEYS
+        assert "n03" in maps and "zz" not in maps and 3 not in maps
+        lm = maps["n05"]
+        idx, sc = sample(5, h=2 + 5 % 3)
+        np.testing.assert_array_equal(lm.indices, idx)
+        np.testing.assert_array_equal(lm.scores, sc)
+        assert lm.key == "n05" and lm.metadata is maps.metadata and lm.num_classes == C
+        with pytest.raises(MissingKeyError, match="zz"):
+            maps["zz"]
+        with pytest.raises(KeyError):  # MissingKeyError is a KeyError
+            maps["zz"]
+        assert maps.get("zz") is None and maps.get("n01") == maps["n01"]
+        key, lm0 = maps.at(0)
+        assert key == "n00" and lm0 == maps["n00"] and maps.at(-1)[0] == "n11"
+        with pytest.raises(InvalidArgumentError):
+            maps.at(N)
+        with pytest.raises(InvalidArgumentError):
+            maps.at("0")  # type: ignore[arg-type]
+        sizes = [maps.record_nbytes(k) for k in KEYS]
+        assert all(s > 8 for s in sizes)
+        assert sum(sizes) == maps.trailer.footer_offset - 16
+        with pytest.raises(MissingKeyError):
+            maps.record_nbytes("zz")
+        assert dict(maps.items())["n02"] == maps["n02"]
+        assert maps.verify() == [] and maps.verify(strict=True) == []
+        assert "records=12" in repr(maps)
+
+
+def test_records_are_independent_arrays(rlm):
+    with rm.open(rlm) as maps:
+        a = maps["n01"]
+        a.scores[:] = 0
+        assert maps["n01"].scores.any()
+
+
+def test_closed_reader(rlm):
+    maps = rm.open(rlm)
+    maps.close()
+    maps.close()
+    with pytest.raises(InvalidArgumentError, match="closed"):
+        maps["n01"]
+
+
+@pytest.mark.parametrize("kind", ["bytesio", "file", "factory", "unbuffered"])
+def test_file_object_sources(rlm, kind):
+    data = rlm.read_bytes()
+    if kind == "bytesio":
+        src = io.BytesIO(data)
+    elif kind == "file":
+        src = open(rlm, "rb")
+    elif kind == "unbuffered":
+        src = open(rlm, "rb", buffering=0)
+    else:
+        src = lambda: io.BytesIO(data)  # noqa: E731
+    with rm.open(src) as maps, rm.open(rlm) as ref:
+        assert list(maps) == KEYS
+        for k in KEYS:
+            assert maps[k] == ref[k]
+        assert maps.verify() == []
+    if kind in ("file", "unbuffered"):
+        src.close()
+
+
+class _ShortReads(io.RawIOBase):
+    """A file object that returns at most 7 bytes per read (like some network files)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._b = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self._b.seek(pos, whence)
+
+    def read(self, n: int = -1) -> bytes:
+        return self._b.read(min(n, 7) if n >= 0 else 7)
+
+
+def test_short_reads(rlm):
+    with rm.open(_ShortReads(rlm.read_bytes())) as maps, rm.open(rlm) as ref:
+        assert all(maps[k] == ref[k] for k in KEYS)
+
+
+def test_text_mode_file_is_refused(rlm):
+    with open(rlm, encoding="latin-1") as f:
+        with pytest.raises(InvalidArgumentError, match="binary"):
+            rm.open(io.StringIO(f.read()))
+
+
+def test_non_seekable_or_wrong_source(tmp_path):
+    with pytest.raises(InvalidArgumentError):
+        rm.open(12345)  # type: ignore[arg-type]
+    with pytest.raises(FileNotFoundError):
+        rm.open(tmp_path / "missing.rlm")
+    with pytest.raises(InvalidArgumentError):
+        rm.open(tmp_path / "x.rlm", bogus=1)
+
+
+@pytest.mark.parametrize("dictionary", [False, True])
+def test_threads_share_a_reader(rlm, tmp_path, dictionary):
+    if dictionary:
+        rlm = tmp_path / "dict.rlm"
+        with rm.Writer(rlm, num_classes=C, k=K, encoding="f32", level=1, dictionary=True) as w:
+            for i in range(N):
+                w.add(KEYS[i], *sample(i, h=2 + i % 3))
+        assert rm.open(rlm).dictionary
+    maps = rm.open(io.BytesIO(rlm.read_bytes()))
+    ref = {k: rm.open(rlm)[k] for k in KEYS}
+    errors = []
+
+    def work(seed):
+        rng = np.random.default_rng(seed)
+        for _ in range(200):
+            k = KEYS[int(rng.integers(0, N))]
+            if maps[k] != ref[k]:
+                errors.append(k)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+@pytest.mark.parametrize("source", ["path", "file", "folder"])
+def test_fork_safety(rlm, tmp_path, source):
+    if source == "folder":
+        with rm.Writer(tmp_path / "ds", num_classes=C, k=K, encoding="f32", max_records=5) as w:
+            for i in range(N):
+                w.add(KEYS[i], *sample(i, h=2 + i % 3))
+        maps = rm.open(tmp_path / "ds")
+    elif source == "file":
+        fileobj = open(rlm, "rb")
+        maps = rm.open(fileobj)
+    else:
+        maps = rm.open(rlm)
+    expected = {k: maps[k].scores.sum() for k in KEYS}  # parent used the handles before forking
+    r, w = os.pipe()
+    pids = []
+    for child in range(2):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            try:
+                ok = all(maps[k].scores.sum() == expected[k] for k in (KEYS * 3)[child::2])
+                ok = ok and maps.verify() == []
+                os.write(w, b"1" if ok else b"0")
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    os.close(w)
+    assert os.read(r, 10) == b"11"
+    os.close(r)
+    assert all(maps[k].scores.sum() == expected[k] for k in KEYS)
+    maps.close()
+    if source == "file":
+        fileobj.close()
+
+
+def test_fork_through_multiprocessing(rlm):
+    import multiprocessing as mp
+
+    maps = rm.open(rlm)
+    maps["n00"]
+    ctx = mp.get_context("fork")
+    with ctx.Pool(2) as pool:
+        sums = pool.map(_score_sum, [(maps, k) for k in KEYS])
+    assert sums == [float(maps[k].scores.sum()) for k in KEYS]
+
+
+def _score_sum(args):
+    maps, key = args
+    return float(maps[key].scores.sum())
+
+
+def test_pickle_path_readers(rlm, tmp_path):
+    maps = rm.open(rlm)
+    clone = pickle.loads(pickle.dumps(maps))
+    assert clone["n04"] == maps["n04"]
+    with pytest.raises(InvalidArgumentError):
+        pickle.dumps(rm.open(io.BytesIO(rlm.read_bytes())))
+
+
+def test_verify_on_read_option(rlm):
+    with rm.open(rlm, verify=True) as maps:
+        assert all(maps[k].key == k for k in KEYS)
+
+
+# ------------------------------------------------------------------------------- datasets
+@pytest.fixture()
+def dataset(tmp_path):
+    folder = tmp_path / "ds"
+    with rm.Writer(folder, num_classes=C, k=K, encoding="f32", max_records=5) as w:
+        for i in range(N):
+            w.add(KEYS[(i * 5) % N], *sample((i * 5) % N))  # shards hold interleaved keys
+    return folder
+
+
+def test_dataset_mapping(dataset):
+    for src in (dataset, dataset / "ds.index.json", str(dataset)):
+        with rm.open(src) as maps:
+            assert isinstance(maps, ShardedReader)
+            assert len(maps) == N and list(maps) == KEYS and maps.shard_names == [
+                "ds-00001-of-00003.rlm", "ds-00002-of-00003.rlm", "ds-00003-of-00003.rlm"]
+            for k in KEYS:
+                idx, sc = sample(int(k[1:]))
+                np.testing.assert_array_equal(maps[k].scores, sc)
+            positions = [maps.at(i)[0] for i in range(N)]
+            assert sorted(positions) == KEYS and positions[:5] == sorted(positions[:5])
+            assert maps.at(-1)[0] == positions[-1]
+            assert "n99" not in maps and maps.get("n99") is None
+            with pytest.raises(MissingKeyError):
+                maps["n99"]
+            assert maps.record_nbytes("n03") > 8 and maps.metadata["k"] == K
+            assert maps.verify() == []
+
+
+def test_dataset_len_and_at_need_no_shard_reads(dataset):
+    with rm.open(dataset) as maps:
+        assert len(maps) == N and maps._open == {}
+        maps.at(7)
+        assert list(maps._open) == [1]
+
+
+def test_dataset_lru_bounds_open_files(dataset):
+    from relabel_maps.shards import from_index, read_index_json
+
+    index = read_index_json((dataset / "ds.index.json").read_bytes())
+    maps = from_index(index, lambda f: str(dataset / f), max_open=1)
+    for k in KEYS:
+        maps[k]
+        assert len(maps._open) == 1
+    assert list(maps) == KEYS
+
+
+def test_folder_without_index(dataset, tmp_path):
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    for f in dataset.glob("*.rlm"):
+        shutil.copy(f, folder / f.name)
+    with rm.open(folder) as maps:
+        assert len(maps) == N and list(maps) == KEYS
+
+
+def test_folder_errors(dataset, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FormatError, match="no .rlm"):
+        rm.open(tmp_path / "empty")
+    shutil.copy(dataset / "ds.index.json", dataset / "other.index.json")
+    with pytest.raises(FormatError, match="several"):
+        rm.open(dataset)
+
+
+def test_dataset_count_mismatch(dataset):
+    index = json.loads((dataset / "ds.index.json").read_text())
+    index["shards"][0]["records"] += 1
+    (dataset / "ds.index.json").write_text(json.dumps(index))
+    with rm.open(dataset) as maps:
+        assert len(maps) == N + 1
+        with pytest.raises(FormatError, match="index says"):
+            maps.at(0)
+        assert maps.verify()
+
+
+def test_dataset_sha256_checked_by_verify(dataset):
+    index = json.loads((dataset / "ds.index.json").read_text())
+    index["shards"][1]["sha256"] = "0" * 64
+    (dataset / "ds.index.json").write_text(json.dumps(index))
+    with rm.open(dataset) as maps:
+        problems = maps.verify()
+        assert len(problems) == 1 and "SHA-256" in problems[0]
+
+
+def test_dataset_structure_mismatch(dataset):
+    index = json.loads((dataset / "ds.index.json").read_text())
+    index["metadata"]["k"] = K - 1
+    (dataset / "ds.index.json").write_text(json.dumps(index))
+    with rm.open(dataset) as maps:
+        with pytest.raises(FormatError, match="differs"):
+            maps["n00"]
+
+
+def test_dataset_pickles(dataset):
+    maps = rm.open(dataset)
+    maps["n01"]
+    clone = pickle.loads(pickle.dumps(maps))
+    assert clone["n01"] == maps["n01"] and len(clone) == N
+
+
+def test_hf_urls_go_to_the_hub_module(monkeypatch):
+    import sys
+    import types
+
+    calls = []
+    fake = types.ModuleType("relabel_maps.hub")
+    fake.open_hub = lambda url, **kw: calls.append((url, kw)) or "opened"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "relabel_maps.hub", fake)
+    assert rm.open("hf://owner/repo@main/sub", verify=True, revision="x") == "opened"
+    assert calls == [("hf://owner/repo@main/sub", {"verify": True, "revision": "x"})]
