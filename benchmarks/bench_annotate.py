@@ -71,7 +71,7 @@ def run_config(spec: str, args: argparse.Namespace) -> tuple[str, float, float]:
     import torch
 
     from relabel_maps.annotate import annotate, load_teacher
-    from relabel_maps.annotate.pipeline import _resolve_precision, _Step
+    from relabel_maps.annotate.pipeline import _resolve_precision, get_step
 
     name, weights, size, batch, images = spec.split(":")
     size_i, batch_i, n = int(size), int(batch), int(images)
@@ -85,16 +85,16 @@ def run_config(spec: str, args: argparse.Namespace) -> tuple[str, float, float]:
     )
     prec = _resolve_precision(args.precision, device.type)
     is_cuda = device.type == "cuda"
-    step = _Step(teacher, args.k, prec, True, is_cuda, args.compile)
+    step = get_step(teacher, args.k, prec, True, is_cuda, args.compile)  # the step annotate() uses
     iters = max(2, n // batch_i)
     fwd = forward_only(teacher, step, batch_i, iters, device)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_annotate_"))
     try:
         make_jpeg_folder(tmp / "jpegs", n)
-        if args.compile:  # compile outside the timed run
+        if device.type == "cuda":  # start decode workers and nvJPEG once outside the timed run
             annotate(tmp / "jpegs", tmp / "warm.rlm", teacher, k=args.k, batch_size=batch_i, limit=batch_i,
-                     compile=True, precision=args.precision, workers=args.workers, device=str(device))
+                     compile=args.compile, precision=args.precision, workers=args.workers, device=str(device))
         s = annotate(tmp / "jpegs", tmp / "out.rlm", teacher, k=args.k, batch_size=batch_i, compile=args.compile,
                      precision=args.precision, workers=args.workers, device=str(device), level=args.level)
         e2e = s.annotated / s.seconds

@@ -49,6 +49,11 @@ from torchvision.transforms.v2 import functional as TF  # noqa: E402
 
 from .labelmap import LabelMap  # noqa: E402
 
+try:  # PIL comes with torchvision
+    from PIL.Image import Image as _PIL_IMAGE
+except ImportError:  # pragma: no cover
+    _PIL_IMAGE = ()  # type: ignore[assignment,misc]
+
 Tensor = torch.Tensor
 
 __all__ = [
@@ -316,6 +321,15 @@ def _with_box(inputs: tuple[Any, ...]) -> tuple[Any, ...]:
     return (inputs[0], CropBox.like(inputs[0]))
 
 
+def _image_box_pair(inputs: tuple[Any, ...]) -> tuple[Any, CropBox] | None:
+    """``(image, box)`` when the inputs are exactly one image and its box (bare or as one tuple)."""
+    if len(inputs) == 1 and isinstance(inputs[0], tuple):
+        inputs = inputs[0]
+    if len(inputs) == 2 and isinstance(inputs[1], CropBox) and isinstance(inputs[0], (torch.Tensor, _PIL_IMAGE)):
+        return inputs[0], inputs[1]
+    return None
+
+
 class RandomResizedCropWithBox(v2.RandomResizedCrop):
     """``v2.RandomResizedCrop`` that also returns the crop: ``image -> (image, CropBox)``.
 
@@ -323,6 +337,11 @@ class RandomResizedCropWithBox(v2.RandomResizedCrop):
     transform. Same arguments as :class:`torchvision.transforms.v2.RandomResizedCrop`."""
 
     def forward(self, *inputs: Any) -> Any:
+        if len(inputs) == 1 and isinstance(inputs[0], (torch.Tensor, _PIL_IMAGE)):
+            image = inputs[0]  # the common case, without the generic pytree round trip
+            params = self.make_params([image])
+            box = _resized_crop_box(CropBox.like(image), **params, size=self.size)
+            return self.transform(image, params), box
         return super().forward(*_with_box(inputs))
 
 
@@ -330,7 +349,12 @@ class RandomHorizontalFlipWithBox(v2.RandomHorizontalFlip):
     """``v2.RandomHorizontalFlip`` that records the flip: ``image | (image, CropBox) -> (image, CropBox)``."""
 
     def forward(self, *inputs: Any) -> Any:
-        return super().forward(*_with_box(inputs))
+        pair = _image_box_pair(inputs)
+        if pair is None:
+            return super().forward(*_with_box(inputs))
+        if torch.rand(1) >= self.p:  # the same random draw as the v2 transform
+            return pair
+        return self.transform(pair[0], {}), _hflip_box(pair[1])
 
 
 # ============================================================================ batched pooling

@@ -222,7 +222,7 @@ def test_truncated_and_extended_bodies_raise(spec):
 
 
 def test_compact_reject_rules():
-    """One case per reject rule C1-C9 of spec/ENCODINGS.md section 3.4 (C1 and C5: truncation test)."""
+    """One case per reject rule C2-C8 of spec/ENCODINGS.md section 3.4 (C1: the truncation test)."""
     codec = get_codec("compact")
     a = make(np.random.default_rng(6), 3, 4, 5, 300, counts=True, scale=0.5)
     body = bytearray(codec.encode(a))

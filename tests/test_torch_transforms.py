@@ -156,3 +156,20 @@ def test_brute_force_detects_a_wrong_flip():
     bad = stack_label_maps([lm], [b], [False]).pool(size=2, activate=False)[0].mean(1)
     assert float((good - expect[:, 0]).abs().max()) < 0.05
     assert float((bad - expect[:, 0]).abs().max()) > 0.3
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_box_transforms_match_the_stock_v2_transforms(as_tensor):
+    """Same seed, same pixels and same box as the stock transforms carrying a CropBox."""
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8))
+    if as_tensor:
+        img = v2.functional.pil_to_tensor(img)
+    ours = v2.Compose([RandomResizedCropWithBox(24), RandomHorizontalFlipWithBox()])
+    stock = v2.Compose([v2.RandomResizedCrop(24), v2.RandomHorizontalFlip()])
+    for seed in range(8):
+        torch.manual_seed(seed)
+        a, box_a = ours(img)
+        torch.manual_seed(seed)
+        b, box_b = stock(img, CropBox.like(img))
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+        assert box_a.state() == box_b.state()

@@ -350,6 +350,15 @@ class _Step:
             return self.fn(x)
 
 
+def get_step(teacher: Teacher, k: int, precision: str, store_lse: bool, channels_last: bool, compile: bool) -> _Step:
+    """The device step for these settings, kept on the teacher so a compiled step compiles only
+    once (benchmarks and repeated runs reuse it)."""
+    config = (k, precision, store_lse, channels_last, compile, str(teacher.device))
+    if config not in teacher.steps:
+        teacher.steps[config] = _Step(teacher, k, precision, store_lse, channels_last, compile)
+    return teacher.steps[config]
+
+
 def _assemble(batch: dict[str, Any], items: Sequence[ImageItem], size: Sequence[int], resize: str,
               device: Any, max_pixels: int, fail: Callable[[int, str, str], None]) -> tuple[list[int], Any]:
     """Build the ``(n, 3, H, W)`` float batch on ``device``; returns the item positions kept."""
@@ -502,8 +511,8 @@ def annotate(
     bar = _Progress(progress, len(part_items), skipped, f"annotate {teacher.preset or teacher.name}")
     sink = _Sink(writer, index_dtype, queue_size, lambda n: bar.advance(written=n))
     is_cuda = dev.type == "cuda"
-    step = _Step(teacher, k, prec, store_lse, channels_last if channels_last is not None else is_cuda,
-                 compile and _can_compile(dev))
+    step = get_step(teacher, k, prec, store_lse, channels_last if channels_last is not None else is_cuda,
+                    compile and _can_compile(dev))
     use_gpu_jpeg = bool(gpu_decode if gpu_decode is not None else is_cuda)
     n_workers = _default_workers(is_cuda) if workers is None else max(0, int(workers))
 
@@ -602,9 +611,11 @@ def _can_compile(dev: Any) -> bool:
 
 
 def _default_workers(is_cuda: bool) -> int:
+    """Decode workers: the node's cores shared by the ranks on it (CUDA), few on a CPU-only run."""
     cpus = os.cpu_count() or 1
     if is_cuda:
-        return min(16, cpus)
+        local_world = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        return max(2, min(16, cpus // local_world))
     return 0 if cpus <= 2 else min(4, cpus // 2)
 
 

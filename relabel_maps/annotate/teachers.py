@@ -157,6 +157,7 @@ class Teacher:
     interpolation: str = "bicubic"
     preset: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    steps: dict[tuple, Any] = field(default_factory=dict, repr=False, compare=False)  # annotate's device steps
 
     # ------------------------------------------------------------------ forward
     def forward_maps(self, x: Any) -> Any:
