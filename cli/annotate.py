@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from relabel_maps.annotate.decode import DEFAULT_MAX_PIXELS
+
 __all__ = ["annotate"]
 
 _PRESET_HELP = (
@@ -46,32 +48,77 @@ def _size(value: str | None) -> tuple[int, int] | None:
 @click.argument("source")
 @click.argument("out", type=click.Path(path_type=str))
 @click.option("--teacher", "-t", required=True, metavar="NAME", help=f"Teacher: {_PRESET_HELP}.")
-@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), help="Weights: .safetensors or a torch state dict (loaded with weights_only=True).")
+@click.option(
+    "--checkpoint", type=click.Path(exists=True, dir_okay=False),
+    help="Weights: .safetensors or a torch state dict (loaded with weights_only=True).",
+)
 @click.option("--random-init", is_flag=True, help="Random weights (throughput measurements and tests only).")
 @click.option("--input-size", metavar="N|HxW", help="Override the teacher's input size.")
-@click.option("--resize", type=click.Choice(["squash", "center-crop"]), help="Override the resize mode (presets: squash, as ReLabel).")
+@click.option(
+    "--resize", type=click.Choice(["squash", "center-crop"]),
+    help="Override the resize mode (presets: squash, as ReLabel).",
+)
 @click.option("--num-classes", type=int, help="Classifier size (with --random-init).")
-@click.option("--k", "-k", default=5, show_default=True, type=click.IntRange(1, 255), help="Classes kept per location.")
-@click.option("--batch-size", "-b", default=32, show_default=True, type=click.IntRange(1), help="Images per forward pass.")
-@click.option("--workers", "-j", type=click.IntRange(0), help="DataLoader decode workers [default: 16 on CUDA, few on CPU].")
+@click.option(
+    "--k", "-k", default=5, show_default=True, type=click.IntRange(1, 255),
+    help="Classes kept per location.",
+)
+@click.option(
+    "--batch-size", "-b", default=32, show_default=True, type=click.IntRange(1),
+    help="Images per forward pass.",
+)
+@click.option(
+    "--workers", "-j", type=click.IntRange(0),
+    help="DataLoader decode workers [default: 16 on CUDA, few on CPU].",
+)
 @click.option("--device", help="cpu, cuda, cuda:1, ... [default: cuda:LOCAL_RANK if available, else cpu].")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True, help="auto = bf16 autocast on CUDA, fp32 on CPU (the dense head always runs in fp32).")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the teacher step (faster on CUDA after a one-off warm-up compile).")
-@click.option("--shard", metavar="i/n", help="Annotate only part i (0-based) of n of the sorted keys (cluster array jobs).")
-@click.option("--glob", "globs", multiple=True, metavar="PATTERN", help="Keep keys matching PATTERN (repeatable; e.g. '*.JPEG', 'train/*').")
-@click.option("--file-list", type=click.Path(exists=True, dir_okay=False), help="Text file of image paths (relative to SOURCE), one per line.")
+@click.option(
+    "--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+    help="auto = bf16 autocast on CUDA, fp32 on CPU (the dense head always runs in fp32).",
+)
+@click.option(
+    "--compile", "compile_", is_flag=True,
+    help="torch.compile the teacher step (faster on CUDA after a one-off warm-up compile).",
+)
+@click.option(
+    "--shard", metavar="i/n",
+    help="Annotate only part i (0-based) of n of the sorted keys (cluster array jobs).",
+)
+@click.option(
+    "--glob", "globs", multiple=True, metavar="PATTERN",
+    help="Keep keys matching PATTERN (repeatable; e.g. '*.JPEG', 'train/*').",
+)
+@click.option(
+    "--file-list", type=click.Path(exists=True, dir_okay=False),
+    help="Text file of image paths (relative to SOURCE), one per line.",
+)
 @click.option("--limit", type=click.IntRange(0), help="Only the first N keys.")
 @click.option("--encoding", help="Score encoding (compact, f16, f32) [default: compact].")
 @click.option("--level", type=click.IntRange(-7, 22), help="zstd level [default: the writer's].")
-@click.option("--max-records", type=click.IntRange(1), help="Records per shard file (writes a folder of shards).")
-@click.option("--no-lse", is_flag=True, help="Do not store the per-location log-sum-exp (probabilities become approximate).")
-@click.option("--failures", type=click.Path(dir_okay=False), help="JSON-lines failure report [default: OUT.failures.jsonl].")
-@click.option("--max-pixels", type=click.IntRange(1), default=178_956_970, show_default=True, help="Skip larger images (decompression bombs).")
+@click.option(
+    "--max-records", type=click.IntRange(1),
+    help="Records per shard file (writes a folder of shards).",
+)
+@click.option(
+    "--no-lse", is_flag=True,
+    help="Do not store the per-location log-sum-exp (probabilities become approximate).",
+)
+@click.option(
+    "--failures", type=click.Path(dir_okay=False),
+    help="JSON-lines failure report [default: OUT.failures.jsonl].",
+)
+@click.option(
+    "--max-pixels", type=click.IntRange(1), default=DEFAULT_MAX_PIXELS, show_default=True,
+    help="Skip larger images (decompression bombs).",
+)
 @click.option("--no-gpu-decode", is_flag=True, help="Decode JPEGs with PIL in the workers even on CUDA.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output instead of resuming it.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@click.option("--list-teachers", is_flag=True, expose_value=False, is_eager=True, callback=_list_teachers, help="List the teacher presets and exit.")
+@click.option(
+    "--list-teachers", is_flag=True, expose_value=False, is_eager=True, callback=_list_teachers,
+    help="List the teacher presets and exit.",
+)
 def annotate(
     source: str,
     out: str,

@@ -31,7 +31,7 @@ from .errors import (
 )
 from .labelmap import LabelMap
 
-__all__ = ["LabelMaps", "Reader", "open_file", "ZSTD_DICT_MAGIC"]
+__all__ = ["LabelMaps", "Reader", "RecordDecoder", "check_decoded", "open_file", "ZSTD_DICT_MAGIC"]
 
 ZSTD_DICT_MAGIC = b"\x37\xa4\x30\xec"
 _RECORD_HEADER = struct.Struct("<HHBBH")
@@ -189,6 +189,140 @@ def _is_regular(fd: int) -> bool:
         return False
 
 
+# ---------------------------------------------------------------------------------- record decoding
+class RecordDecoder:
+    """Checks and decodes stored records (record header + zstd frame) of one structure: ``k``,
+    ``num_classes``, ``score_kind``, encoding and zstd dictionary. Enforces the reject rules
+    R21-R25 of spec/FORMAT.md; used by :class:`Reader` and to validate records copied by
+    :meth:`relabel_maps.Writer.add_raw`."""
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        k: int,
+        score_kind: str,
+        codec: Any,
+        dictionary: bytes = b"",
+        metadata: Mapping[str, Any] | None = None,
+        limits: fmt.Limits = fmt.LIMITS,
+    ) -> None:
+        self.num_classes, self.k, self.score_kind, self.codec = num_classes, k, score_kind, codec
+        self.metadata = metadata
+        self._limits = limits
+        self._index_dtype = fmt.index_dtype_for(num_classes)
+        self._index_itemsize = self._index_dtype.itemsize
+        self._check_range = num_classes < (1 << (8 * self._index_itemsize))
+        try:
+            self._zdict = zstandard.ZstdCompressionDict(dictionary) if dictionary else None
+            self.reset()
+            self._decompressor()
+        except zstandard.ZstdError as exc:
+            raise FormatError(f"invalid zstd dictionary: {exc}") from None
+
+    def reset(self) -> None:
+        """Drop the per-thread decompressors (after ``fork``)."""
+        self._tls = threading.local()
+
+    def _decompressor(self) -> zstandard.ZstdDecompressor:
+        """This thread's decompressor (zstd contexts must not be shared between threads)."""
+        dctx = getattr(self._tls, "dctx", None)
+        if dctx is None:
+            dctx = zstandard.ZstdDecompressor(dict_data=self._zdict) if self._zdict is not None else zstandard.ZstdDecompressor()
+            self._tls.dctx = dctx
+        return dctx
+
+    def decompress(self, rec: bytes | memoryview, key: str) -> tuple[int, int, int, int, bytes]:
+        """``(h, w, k, flags, body)`` of a record, every declared size checked before decompressing."""
+        try:
+            h, w, k, flags, _ = _RECORD_HEADER.unpack_from(rec)
+        except struct.error:
+            raise CorruptRecordError(f"record {key!r} is shorter than its header") from None
+        lim = self._limits
+        if not (
+            0 < h <= lim.max_height and 0 < w <= lim.max_width and 0 < k <= self.k
+            and k * h * w <= lim.max_entries and not flags & ~fmt.KNOWN_RECORD_FLAGS
+        ):
+            fmt.parse_record_header(rec, self.k, lim)  # raises with the precise reason
+        bound = self.codec.max_body_size(k, h, w, flags, self._index_itemsize)
+        frame = memoryview(rec)[fmt.RECORD_HEADER_SIZE :]
+        try:
+            declared = zstandard.frame_content_size(frame)
+            if declared < 0 or declared > bound:  # -1: the frame does not declare its size
+                raise CorruptRecordError(
+                    f"record {key!r} declares {declared} bytes; a frame must declare at most {bound}"
+                )
+            if declared > lim.expansion_floor + lim.max_expansion * len(frame):
+                raise CorruptRecordError(
+                    f"record {key!r} declares {declared} bytes from a {len(frame)}-byte frame "
+                    f"(more than {lim.max_expansion}x expansion)"
+                )
+            dobj = self._decompressor().decompressobj()
+            body = dobj.decompress(frame)
+            if not dobj.eof or dobj.unused_data:
+                raise CorruptRecordError(f"record {key!r} is not exactly one complete zstd frame")
+        except zstandard.ZstdError as exc:
+            raise CorruptRecordError(f"record {key!r} does not decompress: {exc}") from None
+        return h, w, k, flags, body
+
+    def decode(self, rec: bytes | memoryview, key: str) -> LabelMap:
+        """The :class:`LabelMap` of a record; :class:`CorruptRecordError` when it breaks a rule."""
+        return self.decode_body(*self.decompress(rec, key), key)
+
+    def decode_body(self, h: int, w: int, k: int, flags: int, body: bytes, key: str) -> LabelMap:
+        """The :class:`LabelMap` of a decompressed record body (see :meth:`decompress`)."""
+        try:
+            arrays = self.codec.decode(body, k, h, w, flags, self._index_dtype)
+        except RelabelMapsError as exc:
+            raise CorruptRecordError(f"record {key!r}: {exc}") from None
+        except Exception as exc:  # a codec must not let low-level errors escape
+            raise CorruptRecordError(f"record {key!r} does not decode: {exc}") from None
+        idx, sc, counts, lse = arrays
+        shape = (k, h, w)
+        if idx.shape != shape or sc.shape != shape or idx.dtype != self._index_dtype or sc.dtype != np.float32:
+            raise CorruptRecordError(f"record {key!r} decodes to the wrong shape or dtype")
+        if self._check_range and int(idx.max()) >= self.num_classes:
+            raise CorruptRecordError(f"record {key!r} has a class index >= {self.num_classes}")
+        if not np.isfinite(sc).all():
+            raise CorruptRecordError(f"record {key!r} has non-finite scores")
+        if flags & FLAG_COUNTS:
+            if counts is None or counts.shape != (h, w) or counts.dtype != np.uint8:
+                raise CorruptRecordError(f"record {key!r} has malformed counts")
+            if int(counts.min()) < 1 or int(counts.max()) > k:
+                raise CorruptRecordError(f"record {key!r} has counts outside [1, {k}]")
+        elif counts is not None:
+            raise CorruptRecordError(f"record {key!r} decodes counts without the flag")
+        if flags & FLAG_LSE:
+            if lse is None or lse.shape != (h, w) or lse.dtype != np.float32:
+                raise CorruptRecordError(f"record {key!r} has a malformed lse")
+            if not np.isfinite(lse).all():
+                raise CorruptRecordError(f"record {key!r} has a non-finite lse")
+        elif lse is not None:
+            raise CorruptRecordError(f"record {key!r} decodes an lse without the flag")
+        return LabelMap(
+            idx,
+            sc,
+            num_classes=self.num_classes,
+            score_kind=self.score_kind,
+            lse=lse,
+            counts=counts,
+            key=key,
+            metadata=self.metadata,
+            validate=False,
+        )
+
+
+def check_decoded(lm: LabelMap) -> None:
+    """Full label-map validation of a decoded record plus descending score order (as ``verify()``)."""
+    try:
+        lm._validate()
+    except InvalidLabelMapError as exc:
+        raise CorruptRecordError(f"record {lm.key!r}: {exc}") from None
+    valid = lm.valid()
+    if lm.k > 1 and bool(((lm.scores[1:] > lm.scores[:-1]) & valid[1:]).any()):
+        raise CorruptRecordError(f"record {lm.key!r} is not sorted by descending score")
+
+
 # ----------------------------------------------------------------------------------------- reader
 class Reader(LabelMaps):
     """One ``.rlm`` file as a lazy mapping.
@@ -247,9 +381,6 @@ class Reader(LabelMaps):
             self.codec = get_codec(meta["encoding"])
         except Exception as exc:  # unknown name, or parameters the codec refuses
             raise FormatError(f"unsupported record encoding {meta['encoding']!r}: {exc}") from None
-        self._index_dtype = fmt.index_dtype_for(self.num_classes)
-        self._index_itemsize = self._index_dtype.itemsize
-        self._check_range = self.num_classes < (1 << (8 * self._index_itemsize))
         has_dict = meta["compression"].get("dictionary", False)
         if has_dict != (t.dictionary_length > 0):
             raise FormatError("metadata compression.dictionary disagrees with the dictionary section")
@@ -261,21 +392,11 @@ class Reader(LabelMaps):
         self._offsets: list[int] = rows["offset"].tolist()
         self._nbytes: list[int] = rows["nbytes"].tolist()
         self._crcs: list[int] = rows["crc32"].tolist()
-        self._tls = threading.local()
         self._pid = os.getpid()
-        try:
-            self._zdict = zstandard.ZstdCompressionDict(self._dict_bytes) if self._dict_bytes else None
-            self._decompressor()
-        except zstandard.ZstdError as exc:
-            raise FormatError(f"invalid zstd dictionary: {exc}") from None
-
-    def _decompressor(self) -> zstandard.ZstdDecompressor:
-        """This thread's decompressor (zstd contexts must not be shared between threads)."""
-        dctx = getattr(self._tls, "dctx", None)
-        if dctx is None:
-            dctx = zstandard.ZstdDecompressor(dict_data=self._zdict) if self._zdict is not None else zstandard.ZstdDecompressor()
-            self._tls.dctx = dctx
-        return dctx
+        self._decoder = RecordDecoder(
+            num_classes=self.num_classes, k=self.k, score_kind=self.score_kind, codec=self.codec,
+            dictionary=self._dict_bytes, metadata=meta, limits=lim,
+        )
 
     # -------------------------------------------------------------------------- mapping API
     def __len__(self) -> int:
@@ -333,14 +454,28 @@ class Reader(LabelMaps):
         return self._dict_bytes
 
     # -------------------------------------------------------------------------- records
-    def read_record(self, i: int) -> bytes:
-        """Raw bytes (record header + frame) of the ``i``-th record in key order."""
+    def read_record(self, key: str | int) -> bytes:
+        """Stored bytes (record header + zstd frame) of record ``key``, or of the ``key``-th record
+        in key order when ``key`` is an ``int``. The frame uses this file's :attr:`dictionary`."""
+        if isinstance(key, str):
+            try:
+                i = self._index()[key]
+            except KeyError:
+                raise MissingKeyError(f"key {key!r} not found in {self.name}") from None
+        else:
+            i = self._position(key)
+        rec = self._read(i)
+        if self._verify_reads and fmt.crc32(rec) != self._crcs[i]:
+            raise CorruptRecordError(f"CRC32 mismatch in record {self._keys[i]!r}")
+        return rec
+
+    def _read(self, i: int) -> bytes:
         src = self._src
         if src is None:
             raise InvalidArgumentError("reader is closed")
         if self._pid != os.getpid():  # forked: fresh file handle and decompressors in this process
             src.check_fork()
-            self._tls = threading.local()
+            self._decoder.reset()
             self._pid = os.getpid()
         n = self._nbytes[i]
         rec = src.read(self._offsets[i], n)
@@ -349,80 +484,10 @@ class Reader(LabelMaps):
         return rec
 
     def _record(self, i: int, key: str) -> LabelMap:
-        rec = self.read_record(i)
+        rec = self._read(i)
         if self._verify_reads and fmt.crc32(rec) != self._crcs[i]:
             raise CorruptRecordError(f"CRC32 mismatch in record {key!r}")
-        return self._decode(rec, key)
-
-    def _decode(self, rec: bytes, key: str) -> LabelMap:
-        try:
-            h, w, k, flags, _ = _RECORD_HEADER.unpack_from(rec)
-        except struct.error:
-            raise CorruptRecordError(f"record {key!r} is shorter than its header") from None
-        lim = self._limits
-        if not (
-            0 < h <= lim.max_height and 0 < w <= lim.max_width and 0 < k <= self.k
-            and k * h * w <= lim.max_entries and not flags & ~fmt.KNOWN_RECORD_FLAGS
-        ):
-            fmt.parse_record_header(rec, self.k, lim)  # raises with the precise reason
-        bound = self.codec.max_body_size(k, h, w, flags, self._index_itemsize)
-        frame = memoryview(rec)[fmt.RECORD_HEADER_SIZE :]
-        try:
-            declared = zstandard.frame_content_size(frame)
-            if declared < 0 or declared > bound:  # -1: the frame does not declare its size
-                raise CorruptRecordError(
-                    f"record {key!r} declares {declared} bytes; a frame must declare at most {bound}"
-                )
-            if declared > lim.expansion_floor + lim.max_expansion * len(frame):
-                raise CorruptRecordError(
-                    f"record {key!r} declares {declared} bytes from a {len(frame)}-byte frame "
-                    f"(more than {lim.max_expansion}x expansion)"
-                )
-            dobj = self._decompressor().decompressobj()
-            body = dobj.decompress(frame)
-            if not dobj.eof or dobj.unused_data:
-                raise CorruptRecordError(f"record {key!r} is not exactly one complete zstd frame")
-        except zstandard.ZstdError as exc:
-            raise CorruptRecordError(f"record {key!r} does not decompress: {exc}") from None
-        try:
-            arrays = self.codec.decode(body, k, h, w, flags, self._index_dtype)
-        except RelabelMapsError as exc:
-            raise CorruptRecordError(f"record {key!r}: {exc}") from None
-        except Exception as exc:  # a codec must not let low-level errors escape
-            raise CorruptRecordError(f"record {key!r} does not decode: {exc}") from None
-        idx, sc, counts, lse = arrays
-        shape = (k, h, w)
-        if idx.shape != shape or sc.shape != shape or idx.dtype != self._index_dtype or sc.dtype != np.float32:
-            raise CorruptRecordError(f"record {key!r} decodes to the wrong shape or dtype")
-        if self._check_range and int(idx.max()) >= self.num_classes:
-            raise CorruptRecordError(f"record {key!r} has a class index >= {self.num_classes}")
-        if not np.isfinite(sc).all():
-            raise CorruptRecordError(f"record {key!r} has non-finite scores")
-        if flags & FLAG_COUNTS:
-            if counts is None or counts.shape != (h, w) or counts.dtype != np.uint8:
-                raise CorruptRecordError(f"record {key!r} has malformed counts")
-            if int(counts.min()) < 1 or int(counts.max()) > k:
-                raise CorruptRecordError(f"record {key!r} has counts outside [1, {k}]")
-        elif counts is not None:
-            raise CorruptRecordError(f"record {key!r} decodes counts without the flag")
-        if flags & FLAG_LSE:
-            if lse is None or lse.shape != (h, w) or lse.dtype != np.float32:
-                raise CorruptRecordError(f"record {key!r} has a malformed lse")
-            if not np.isfinite(lse).all():
-                raise CorruptRecordError(f"record {key!r} has a non-finite lse")
-        elif lse is not None:
-            raise CorruptRecordError(f"record {key!r} decodes an lse without the flag")
-        return LabelMap(
-            idx,
-            sc,
-            num_classes=self.num_classes,
-            score_kind=self.score_kind,
-            lse=lse,
-            counts=counts,
-            key=key,
-            metadata=self.metadata,
-            validate=False,
-        )
+        return self._decoder.decode(rec, key)
 
     # -------------------------------------------------------------------------- integrity
     def verify(self, strict: bool = False) -> list[str]:
@@ -442,17 +507,10 @@ class Reader(LabelMaps):
             problems.append(f"records area ends at {pos}, footer starts at {self.trailer.footer_offset}")
         for i, key in enumerate(self._keys):
             try:
-                rec = self.read_record(i)
+                rec = self._read(i)
                 if fmt.crc32(rec) != self._crcs[i]:
                     raise CorruptRecordError(f"CRC32 mismatch in record {key!r}")
-                lm = self._decode(rec, key)
-                try:
-                    lm._validate()
-                except InvalidLabelMapError as exc:
-                    raise CorruptRecordError(f"record {key!r}: {exc}") from None
-                valid = lm.valid()
-                if lm.k > 1 and bool(((lm.scores[1:] > lm.scores[:-1]) & valid[1:]).any()):
-                    raise CorruptRecordError(f"record {key!r} is not sorted by descending score")
+                check_decoded(self._decoder.decode(rec, key))
             except RelabelMapsError as exc:
                 problems.append(str(exc))
         if strict and problems:

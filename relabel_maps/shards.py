@@ -2,12 +2,16 @@
 
 The index JSON lists every shard with its record count, so the dataset's length and positional
 access (:meth:`ShardedReader.at`, via a cumulative sum + ``searchsorted``) need no shard to be
-opened. Key lookup opens the shards' indices on first use. At most ``max_open`` shard files are
-open at once (least recently used ones are closed).
+opened. When it also lists each shard's key range (``first_key``, ``last_key``), ``key in maps`` and
+``maps[key]`` open only the shards whose range holds the key (usually one); otherwise key lookup
+opens every shard's index on first use. A shard's source is resolved (e.g. downloaded) only when
+the shard is first opened. At most ``max_open`` shard files are open at once (least recently used
+ones are closed).
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -41,11 +45,15 @@ class ShardedReader(LabelMaps):
 
     Args:
         shards: ``(name, source, records)`` per shard, in dataset order; ``source`` is a path, a
-            file object factory, or anything :class:`Reader` accepts.
+            file object factory, or anything :class:`Reader` accepts, or ``None`` to get it from
+            ``resolve(name)`` when the shard is first opened.
         metadata: the dataset's common metadata (checked against every shard when it is opened).
         verify: check record CRC32s on every read.
         max_open: how many shard files stay open.
         sha256: optional expected SHA-256 per shard name (checked by :meth:`verify`).
+        key_ranges: optional ``(first_key, last_key)`` per shard (``None`` for an empty shard); key
+            lookup then opens only the shards whose range holds the key.
+        resolve: gives the source of a shard listed with source ``None``.
     """
 
     def __init__(
@@ -56,9 +64,14 @@ class ShardedReader(LabelMaps):
         verify: bool = False,
         max_open: int = 64,
         sha256: Mapping[str, str] | None = None,
+        key_ranges: Sequence[tuple[str, str] | None] | None = None,
+        resolve: Callable[[str], Source] | None = None,
     ) -> None:
         self._names = [s[0] for s in shards]
-        self._sources = [s[1] for s in shards]
+        self._sources: list[Source | None] = [s[1] for s in shards]
+        self._resolve = resolve
+        if resolve is None and any(src is None for src in self._sources):
+            raise InvalidArgumentError("a shard without a source needs resolve")
         counts = [s[2] for s in shards]
         if any(not isinstance(c, int) or isinstance(c, bool) or c < 0 for c in counts):
             raise FormatError("shard record counts must be non-negative integers")
@@ -75,6 +88,29 @@ class ShardedReader(LabelMaps):
         self._lookup: dict[str, int] | None = None
         self._sorted: list[str] | None = None
         self._checked: set[int] = set()
+        self._set_ranges(key_ranges)
+
+    def _set_ranges(self, key_ranges: Sequence[tuple[str, str] | None] | None) -> None:
+        """Keep the key ranges, and whether they are sorted and disjoint (binary search)."""
+        self._ranges: list[tuple[str, str] | None] | None = None
+        self._range_shards: list[int] = []  # non-empty shards, for binary search when disjoint
+        self._range_firsts: list[str] = []
+        self._disjoint = False
+        if key_ranges is None:
+            return
+        ranges = list(key_ranges)
+        if len(ranges) != len(self._names):
+            raise FormatError("key_ranges must list one range (or None) per shard")
+        for s, r in enumerate(ranges):
+            if (r is None) != (self._counts[s] == 0):
+                raise FormatError(f"shard {self._names[s]}: a key range is given exactly for non-empty shards")
+            if r is not None and not (isinstance(r[0], str) and isinstance(r[1], str) and r[0] <= r[1]):
+                raise FormatError(f"shard {self._names[s]}: bad key range {r!r}")
+        self._ranges = ranges
+        self._range_shards = [s for s, r in enumerate(ranges) if r is not None]
+        self._range_firsts = [ranges[s][0] for s in self._range_shards]  # type: ignore[index]
+        pairs = [ranges[s] for s in self._range_shards]
+        self._disjoint = all(a[1] < b[0] for a, b in zip(pairs, pairs[1:]))  # type: ignore[index]
 
     # ------------------------------------------------------------------------------ shards
     @property
@@ -88,13 +124,16 @@ class ShardedReader(LabelMaps):
             if r is not None and r._src is not None:
                 self._open.move_to_end(s)
                 return r
-        r = Reader(self._sources[s], verify=self._verify)
+        r = Reader(self._source(s), verify=self._verify)
         try:
             if s not in self._checked:
                 if len(r) != self._counts[s]:
                     raise FormatError(f"shard {self._names[s]} has {len(r)} records, the index says {self._counts[s]}")
                 if _structure(r.metadata) != self._structure:
                     raise FormatError(f"shard {self._names[s]} differs from the dataset in num_classes/k/score_kind/encoding")
+                if self._ranges is not None and r._keys and self._ranges[s] != (r._keys[0], r._keys[-1]):
+                    raise FormatError(f"shard {self._names[s]} holds keys {r._keys[0]!r}..{r._keys[-1]!r}, "
+                                      f"the index says {self._ranges[s]!r}")
                 self._checked.add(s)
         except BaseException:
             r.close()
@@ -106,6 +145,13 @@ class ShardedReader(LabelMaps):
                 old.close()
         return r
 
+    def _source(self, s: int) -> Source:
+        src = self._sources[s]
+        if src is None:
+            assert self._resolve is not None
+            src = self._sources[s] = self._resolve(self._names[s])
+        return src
+
     # ------------------------------------------------------------------------------ mapping
     def __len__(self) -> int:
         return int(self._ends[-1]) if len(self._ends) else 0
@@ -115,17 +161,51 @@ class ShardedReader(LabelMaps):
         start = int(self._ends[s - 1]) if s else 0
         return s, pos - start
 
+    def _build_lookup(self, shards: Sequence[int]) -> dict[str, int]:
+        """Key -> dataset position over ``shards``; :class:`FormatError` on a key held twice."""
+        lookup: dict[str, int] = {}
+        for s in shards:
+            base = int(self._ends[s - 1]) if s else 0
+            for j, key in enumerate(self.shard(s)._keys):
+                if lookup.setdefault(key, base + j) != base + j:
+                    raise FormatError(f"key {key!r} appears in more than one shard ({self._names[s]})")
+        return lookup
+
     def _index(self) -> dict[str, int]:
         if self._lookup is None:
-            lookup: dict[str, int] = {}
-            for s in range(len(self._names)):
-                base = int(self._ends[s - 1]) if s else 0
-                keys = self.shard(s)._keys
-                for j, key in enumerate(keys):
-                    if lookup.setdefault(key, base + j) != base + j:
-                        raise FormatError(f"key {key!r} appears in more than one shard ({self._names[s]})")
-            self._lookup = lookup
+            self._lookup = self._build_lookup(range(len(self._names)))
         return self._lookup
+
+    def _candidates(self, key: str) -> list[int]:
+        """Shards whose key range holds ``key`` (code-point order of ``str`` = UTF-8 byte order)."""
+        ranges = self._ranges
+        assert ranges is not None
+        if self._disjoint:
+            c = bisect.bisect_right(self._range_firsts, key) - 1
+            if c < 0:
+                return []
+            s = self._range_shards[c]
+            return [s] if key <= ranges[s][1] else []  # type: ignore[index]
+        return [s for s in self._range_shards if ranges[s][0] <= key <= ranges[s][1]]  # type: ignore[index]
+
+    def _find(self, key: object) -> tuple[int, int] | None:
+        """``(shard, position in the shard)`` of ``key``, or ``None``."""
+        if self._lookup is None and self._ranges is not None:
+            if not isinstance(key, str):
+                return None
+            found = None
+            for s in self._candidates(key):  # disjoint ranges: at most one; else every candidate,
+                j = self.shard(s)._index().get(key)  # so that a key held twice is still rejected
+                if j is not None:
+                    if found is not None:
+                        raise FormatError(f"key {key!r} appears in more than one shard ({self._names[s]})")
+                    found = s, j
+            return found
+        try:
+            pos = self._index().get(key)  # type: ignore[call-overload]
+        except TypeError:  # unhashable
+            return None
+        return None if pos is None else self._locate(pos)
 
     def __iter__(self) -> Iterator[str]:
         if self._sorted is None:
@@ -133,18 +213,27 @@ class ShardedReader(LabelMaps):
         return iter(self._sorted)
 
     def __contains__(self, key: object) -> bool:
-        try:
-            return key in self._index()
-        except TypeError:  # unhashable
-            return False
+        return self._find(key) is not None
+
+    def _where(self, key: str) -> tuple[int, int]:
+        found = self._find(key)
+        if found is None:
+            raise MissingKeyError(f"key {key!r} not found in the dataset")
+        return found
 
     def __getitem__(self, key: str) -> LabelMap:
-        try:
-            pos = self._index()[key]
-        except (KeyError, TypeError):
-            raise MissingKeyError(f"key {key!r} not found in the dataset") from None
-        s, j = self._locate(pos)
+        s, j = self._where(key)
         return self.shard(s).at(j)[1]
+
+    def read_record(self, key: str) -> bytes:
+        """Stored bytes of record ``key`` (see :meth:`Reader.read_record`); the frame uses
+        ``self.shard(self.shard_of(key)).dictionary``."""
+        s, j = self._where(key)
+        return self.shard(s).read_record(j)
+
+    def shard_of(self, key: str) -> int:
+        """Index (0-based) of the shard holding ``key``."""
+        return self._where(key)[0]
 
     def at(self, i: int) -> tuple[str, LabelMap]:
         """``(key, LabelMap)`` at position ``i``: shard by shard, each shard in key order."""
@@ -152,32 +241,33 @@ class ShardedReader(LabelMaps):
         return self.shard(s).at(j)
 
     def record_nbytes(self, key: str) -> int:
-        try:
-            pos = self._index()[key]
-        except (KeyError, TypeError):
-            raise MissingKeyError(f"key {key!r} not found in the dataset") from None
-        s, j = self._locate(pos)
-        r = self.shard(s)
-        return r._nbytes[j]
+        s, j = self._where(key)
+        return self.shard(s)._nbytes[j]
 
     # ------------------------------------------------------------------------------ integrity
     def verify(self, strict: bool = False) -> list[str]:
         """Check every shard (counts, shared structure, SHA-256 when listed, every record) and
-        that no key appears twice."""
+        that no key appears twice. A missing or unreadable shard file is reported, not raised."""
         problems: list[str] = []
+        readable = []
         for s, name in enumerate(self._names):
             try:
                 expected = self._sha256.get(name)
-                src = self._sources[s]
+                src = self._source(s)
                 if expected and isinstance(src, (str, os.PathLike)):
                     if _sha256_file(src) != expected:
                         problems.append(f"{name}: SHA-256 differs from the index")
                         continue
                 problems.extend(f"{name}: {p}" for p in self.shard(s).verify())
+                readable.append(s)
             except RelabelMapsError as exc:
                 problems.append(f"{name}: {exc}")
+            except OSError as exc:  # missing, unreadable, or failed to download
+                problems.append(f"{name}: cannot read the shard file: {exc}")
         try:
-            self._index()
+            lookup = self._build_lookup(readable)
+            if len(readable) == len(self._names):
+                self._lookup = lookup
         except RelabelMapsError as exc:
             problems.append(str(exc))
         if strict and problems:
@@ -197,10 +287,12 @@ class ShardedReader(LabelMaps):
             r.close()
 
     def __getstate__(self) -> dict[str, Any]:
-        if not all(isinstance(s, (str, os.PathLike)) for s in self._sources):
+        sources = [self._source(s) for s in range(len(self._names))]
+        if not all(isinstance(s, (str, os.PathLike)) for s in sources):
             raise InvalidArgumentError("only datasets opened from paths can be pickled")
         state = self.__dict__.copy()
         state["_open"] = OrderedDict()
+        state["_resolve"] = None
         del state["_lock"]
         return state
 
@@ -251,18 +343,47 @@ def read_index_json(data: bytes | str) -> dict[str, Any]:
         sha = entry.get("sha256")
         if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
             raise FormatError(f"shard {f!r} has a bad sha256 {sha!r}")
+        _check_range(f, n, entry.get("first_key"), entry.get("last_key"))
     fmt.check_metadata(obj["metadata"])
     return obj
+
+
+def _check_range(file: str, records: int, first: Any, last: Any) -> None:
+    """``first_key``/``last_key`` of an index entry: both or neither; none for an empty shard."""
+    if first is None and last is None:
+        return
+    if records == 0:
+        raise FormatError(f"shard {file!r} holds no records but lists a key range")
+    for v in (first, last):
+        if not isinstance(v, str):
+            raise FormatError(f"shard {file!r}: first_key and last_key must both be strings, got {v!r}")
+        try:
+            n = len(v.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise FormatError(f"shard {file!r}: key range {v!r} is not valid UTF-8") from None
+        if n > fmt.LIMITS.max_key_bytes:
+            raise FormatError(f"shard {file!r}: a key range bound is longer than {fmt.LIMITS.max_key_bytes} bytes")
+    if first > last or (records == 1 and first != last):
+        raise FormatError(f"shard {file!r}: first_key {first!r} and last_key {last!r} are not a range of {records} keys")
 
 
 def from_index(
     index: Mapping[str, Any], resolve: Callable[[str], Source], *, verify: bool = False, max_open: int = 64
 ) -> ShardedReader:
-    """A :class:`ShardedReader` for a parsed index; ``resolve(file)`` gives each shard's source
-    (a local path, or a file-object factory for remote storage)."""
-    shards = [(e["file"], resolve(e["file"]), e["records"]) for e in index["shards"]]
-    sha = {e["file"]: e["sha256"] for e in index["shards"] if e.get("sha256")}
-    return ShardedReader(shards, index["metadata"], verify=verify, max_open=max_open, sha256=sha)
+    """A :class:`ShardedReader` for a parsed index; ``resolve(file)`` gives a shard's source (a
+    local path, or a file-object factory for remote storage) and is called only when that shard is
+    first opened. Key ranges are used when every non-empty shard lists one."""
+    entries = index["shards"]
+    shards = [(e["file"], None, e["records"]) for e in entries]
+    sha = {e["file"]: e["sha256"] for e in entries if e.get("sha256")}
+    ranges: list[tuple[str, str] | None] | None = [
+        (e["first_key"], e["last_key"]) if e.get("first_key") is not None else None for e in entries
+    ]
+    if any(r is None and e["records"] > 0 for r, e in zip(ranges, entries)):  # type: ignore[arg-type]
+        ranges = None  # an index without ranges (or with some missing): open every shard to look up
+    return ShardedReader(
+        shards, index["metadata"], verify=verify, max_open=max_open, sha256=sha, key_ranges=ranges, resolve=resolve
+    )
 
 
 def open_index(path: str | os.PathLike[str], *, verify: bool = False) -> ShardedReader:
@@ -287,6 +408,7 @@ def open_folder(path: str | os.PathLike[str], *, verify: bool = False) -> LabelM
     if not files:
         raise FormatError(f"{folder} holds no .rlm files and no {INDEX_SUFFIX}")
     shards = []
+    ranges: list[tuple[str, str] | None] = []
     metadata: dict[str, Any] | None = None
     for f in files:
         with Reader(f) as r:
@@ -295,8 +417,9 @@ def open_folder(path: str | os.PathLike[str], *, verify: bool = False) -> LabelM
             elif _structure(r.metadata) != _structure(metadata):
                 raise FormatError(f"{f.name} differs from {files[0].name} in num_classes/k/score_kind/encoding")
             shards.append((f.name, str(f), len(r)))
+            ranges.append((r._keys[0], r._keys[-1]) if len(r) else None)
     assert metadata is not None
-    return ShardedReader(shards, metadata, verify=verify)
+    return ShardedReader(shards, metadata, verify=verify, key_ranges=ranges)
 
 
 def write_index(
@@ -305,7 +428,8 @@ def write_index(
     """Write (atomically) ``out_path`` = ``NAME.index.json`` for shard files ``paths`` (in order).
 
     Every shard must lie in the index's folder or below and share num_classes, k, score_kind and
-    encoding; the index's ``metadata`` is the first shard's. Returns the index object.
+    encoding; the index's ``metadata`` is the first shard's. Each non-empty shard's entry lists its
+    smallest and largest key (``first_key``, ``last_key``). Returns the index object.
     """
     out = Path(out_path)
     if not out.name.endswith(INDEX_SUFFIX):
@@ -323,6 +447,8 @@ def write_index(
             elif _structure(r.metadata) != _structure(metadata):
                 raise FormatError(f"{p.name} differs from the first shard in num_classes/k/score_kind/encoding")
             entry: dict[str, Any] = {"file": rel, "records": len(r), "bytes": p.stat().st_size}
+            if len(r):
+                entry["first_key"], entry["last_key"] = r._keys[0], r._keys[-1]
         if sha256:
             entry["sha256"] = _sha256_file(p)
         entries.append(entry)

@@ -297,7 +297,8 @@ def _hflip_box(box: CropBox, **_: Any) -> CropBox:
 def _unsupported(name: str) -> Callable[..., Any]:
     def kernel(box: CropBox, *args: Any, **kwargs: Any) -> CropBox:
         raise InvalidArgumentError(
-            f"{name} cannot be expressed as a crop box; label maps follow crops, resizes, pads and horizontal flips only"
+            f"{name} cannot be expressed as a crop box; "
+            "label maps follow crops, resizes, pads and horizontal flips only"
         )
 
     return kernel
@@ -483,15 +484,17 @@ def pool_batch(
         activate: False returns the linearly pooled quantity (logits for ``fill="zero"`` on logits,
             probabilities otherwise) before the final softmax, for region arithmetic.
         dtype: accumulation precision. float64 (default) keeps ``<= 1e-5`` agreement with the
-            numpy reference even for peaked maps (logits ~25); float32 is faster, with errors
-            up to a few 1e-5.
+            numpy reference even for peaked maps (logits ~25); float32 is faster (much faster on
+            GPUs with slow float64), with errors up to a few 1e-5.
 
     Returns float32 ``(B, C)`` for ``size == 1`` else ``(B, C, S, S)``. The RoIAlign weights of every box are
     computed on the device and the ``B * S * S * k * H * W`` weighted entries are accumulated with one
     ``index_add_``; no dense ``(B, C, H, W)`` tensor is formed.
     """
     if indices.ndim != 4 or scores.shape != indices.shape:
-        raise InvalidLabelMapError(f"indices and scores must be (B, k, H, W), got {tuple(indices.shape)} and {tuple(scores.shape)}")
+        raise InvalidLabelMapError(
+            f"indices and scores must be (B, k, H, W), got {tuple(indices.shape)} and {tuple(scores.shape)}"
+        )
     fill = _fill_mode(fill, score_kind)
     if not (temperature > 0 and math.isfinite(temperature)):
         raise InvalidArgumentError(f"temperature must be a positive finite number, got {temperature}")
@@ -629,7 +632,8 @@ def stack_label_maps(
             cnt[i] = m.counts if m.counts is not None else m.k
         if lse is not None:
             lse[i] = m.lse
-    box_t = torch.tensor([(0.0, 0.0, 1.0, 1.0)] * n, dtype=torch.float64) if boxes is None else torch.as_tensor(boxes, dtype=torch.float64).reshape(n, 4)
+    whole = [(0.0, 0.0, 1.0, 1.0)] * n
+    box_t = torch.as_tensor(whole if boxes is None else boxes, dtype=torch.float64).reshape(n, 4)
     flip_t = torch.zeros(n, dtype=torch.bool) if flips is None else torch.as_tensor(flips).reshape(n).bool()
     batch = LabelMapBatch(
         torch.from_numpy(idx), torch.from_numpy(sc), box_t, flip_t, first.num_classes, first.score_kind,
@@ -701,7 +705,8 @@ class LabelMapDataset(torch.utils.data.Dataset):
             raise InvalidArgumentError(f"mode must be 'pool', 'box' or 'map', got {mode!r}")
         if key_fn is None and not (hasattr(dataset, "samples") and hasattr(dataset, "root")):
             raise InvalidArgumentError(
-                f"{type(dataset).__name__} is not an ImageFolder-like dataset (samples + root); pass key_fn(dataset, index) -> key"
+                f"{type(dataset).__name__} is not an ImageFolder-like dataset (samples + root); "
+                "pass key_fn(dataset, index) -> key"
             )
         self.dataset = dataset
         self.key_fn = key_fn or image_folder_key
@@ -747,7 +752,9 @@ class LabelMapDataset(torch.utils.data.Dataset):
         if self.transform is not None:
             out = self.transform(image, crop)
             if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], CropBox)):
-                raise InvalidArgumentError("the transform must be a torchvision.transforms.v2 transform returning (image, CropBox)")
+                raise InvalidArgumentError(
+                    "the transform must be a torchvision.transforms.v2 transform returning (image, CropBox)"
+                )
             image, crop = out
         return image, crop
 
@@ -762,7 +769,9 @@ class LabelMapDataset(torch.utils.data.Dataset):
         if self.mode == "pool":
             soft = lm.pool(box, flip=flip, size=self.size, fill=self.fill, temperature=self.temperature)
             return (image, torch.from_numpy(np.ascontiguousarray(soft, dtype=np.float32))) + tail
-        label = SparseLabel(lm.indices, lm.scores, box, flip, lm.num_classes, lm.score_kind, lm.lse, lm.counts, self.key(index))
+        label = SparseLabel(
+            lm.indices, lm.scores, box, flip, lm.num_classes, lm.score_kind, lm.lse, lm.counts, self.key(index)
+        )
         return (image, label) + tail
 
     def gather(self, indices: Iterable[int], boxes: Any = None, flips: Any = None, device: Any = None) -> LabelMapBatch:
@@ -815,7 +824,7 @@ def mix_soft_targets(
     fill: str | None = None,
     temperature: float = 1.0,
 ) -> Tensor:
-    """Soft targets ``(B, C)`` of a mixed batch.
+    """Soft targets ``(B, C)`` (size-1 labels) of a mixed batch.
 
     * Mixup (``cut is None``): ``lam * soft_i + (1 - lam) * soft_perm[i]``.
     * CutMix: image ``i`` shows crop ``perm[i]`` inside ``cut`` (normalised ``(x0, y0, x1, y1)`` in the
@@ -875,9 +884,9 @@ class LabelMapMixup:
 
     def _beta(self, alpha: float) -> float:
         # Beta(a, a) from two Gamma draws with the module's generator (reproducible with a seed)
-        g1 = torch._standard_gamma(torch.tensor([alpha], dtype=torch.float64), generator=self.generator)  # type: ignore[attr-defined]
-        g2 = torch._standard_gamma(torch.tensor([alpha], dtype=torch.float64), generator=self.generator)  # type: ignore[attr-defined]
-        return float(g1 / (g1 + g2))
+        a = torch.full((2,), alpha, dtype=torch.float64)
+        g = torch._standard_gamma(a, generator=self.generator)  # type: ignore[attr-defined]
+        return float(g[0] / g.sum())
 
     def sample(self, height: int, width: int) -> tuple[float, tuple[int, int, int, int] | None]:
         """``(lam, cut)``: the mixing weight and, for CutMix, the pasted rectangle ``(x0, y0, x1, y1)``

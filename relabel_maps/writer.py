@@ -21,7 +21,7 @@ import zstandard
 
 from . import format as fmt
 from .codecs import RecordArrays, get_codec
-from .errors import FormatError, InvalidArgumentError, InvalidLabelMapError, WriterError
+from .errors import CorruptRecordError, FormatError, InvalidArgumentError, InvalidLabelMapError, WriterError
 from .labelmap import SCORE_KINDS, LabelMap
 
 __all__ = ["Writer", "DICT_SAMPLES", "DICT_SIZE"]
@@ -210,6 +210,7 @@ class Writer:
         self._dict: bytes | None = None if dictionary else b""
         self._cctx: zstandard.ZstdCompressor | None = None
         self._written: list[str] = []
+        self._raw_decoders: dict[bytes, Any] = {}  # source dictionary -> RecordDecoder (add_raw)
 
         if self.resume and not self.overwrite and self._adopt_finished():
             return  # a finished run: nothing to add, close() returns its paths
@@ -493,7 +494,52 @@ class Writer:
             )
         self.add(key, labelmap.indices, labelmap.scores, lse=labelmap.lse, counts=labelmap.counts)
 
-    def _add(self, key: str, lm: LabelMap) -> None:
+    def add_raw(self, key: str, record: bytes, *, dictionary: bytes = b"", crc32: int | None = None) -> None:
+        """Add a stored record as read by :meth:`Reader.read_record` (record header + zstd frame)
+        without decoding and re-encoding its arrays.
+
+        ``dictionary`` is the zstd dictionary the frame was compressed with (the source file's
+        :attr:`Reader.dictionary`; empty for none); ``crc32``, when given, is checked against the
+        record's bytes (a :class:`Reader` opened with ``verify=True`` also checks it in
+        ``read_record``). The record must decode under this writer's
+        encoding, ``num_classes`` and ``k`` and be a valid label map sorted by descending score
+        (:class:`CorruptRecordError` otherwise). It is copied byte for byte when its dictionary is
+        this writer's; otherwise its frame is recompressed (the body is kept as is). The caller
+        vouches that the source's ``score_kind`` matches (the bytes do not tell).
+        """
+        from .reader import RecordDecoder, check_decoded
+
+        self._check_key(key)
+        if not isinstance(record, (bytes, bytearray, memoryview)):
+            raise InvalidArgumentError(f"a record is bytes, got {type(record).__name__}")
+        rec = bytes(record)
+        if crc32 is not None and fmt.crc32(rec) != crc32:
+            raise CorruptRecordError(f"CRC32 mismatch in record {key!r}")
+        source_dict = bytes(dictionary)
+        decoder = self._raw_decoders.get(source_dict)
+        if decoder is None:
+            try:
+                decoder = RecordDecoder(
+                    num_classes=self.num_classes, k=self.k, score_kind=self.score_kind, codec=self.codec,
+                    dictionary=source_dict,
+                )
+            except FormatError as exc:
+                raise InvalidArgumentError(str(exc)) from None
+            self._raw_decoders[source_dict] = decoder
+        h, w, k, flags, body = decoder.decompress(rec, key)
+        check_decoded(decoder.decode_body(h, w, k, flags, body, key))
+        header = fmt.pack_record_header(h, w, k, flags)  # canonical: reserved field 0
+        self._keys.add(key)
+        if self._dict is None:
+            self._pending.append((key, header, body))
+            if len(self._pending) >= DICT_SAMPLES:
+                self._train_dictionary()
+        elif source_dict == self._dict:
+            self._write(key, header + rec[fmt.RECORD_HEADER_SIZE :])
+        else:
+            self._write(key, header + self._compress(body))
+
+    def _check_key(self, key: str) -> None:
         if self._closed:
             if self._complete:
                 raise WriterError(f"{self.path} is already complete; nothing can be added (resume of a finished run)")
@@ -508,6 +554,9 @@ class Writer:
             raise InvalidArgumentError(f"key is {len(kb)} bytes, longer than {fmt.LIMITS.max_key_bytes}")
         if key in self._keys:
             raise WriterError(f"duplicate key {key!r}")
+
+    def _add(self, key: str, lm: LabelMap) -> None:
+        self._check_key(key)
         k, h, w = lm.shape
         lim = fmt.LIMITS
         if k > self.k:

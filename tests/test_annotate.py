@@ -76,6 +76,8 @@ def test_sources_folder_keys_sorted_and_filtered(tmp_path):
     assert [it.key for it in list_images(tmp_path / "src", globs=["*.png"])] == [k for k in keys if k.endswith(".png")]
     assert [it.key for it in list_images(tmp_path / "src", globs=["n0001/*"])] == [k for k in keys if k.startswith("n0001/")]
     assert [it.key for it in list_images(tmp_path / "src", globs=["*.txt"])] == ["notes.txt"]
+    os.symlink(tmp_path / "src", tmp_path / "src" / "n0001" / "loop")  # a cycle is walked once
+    assert [it.key for it in list_images(tmp_path / "src")] == keys
 
 
 def test_sources_file_list(tmp_path):

@@ -538,6 +538,16 @@ def test_malformed_shard_index(tmp_path):
         {**good, "shards": [{"file": "a.rlm", "records": 1}, {"file": "a.rlm", "records": 1}]},
         {**good, "shards": [{"file": "a.rlm", "records": 1, "sha256": "xyz"}]},
         {**good, "metadata": {}},
+        {**good, "shards": [{"file": "a.rlm", "records": 2, "first_key": "b", "last_key": "a"}]},
+        {**good, "shards": [{"file": "a.rlm", "records": 1, "first_key": "a", "last_key": "b"}]},
+        {**good, "shards": [{"file": "a.rlm", "records": 2, "first_key": "a"}]},
+        {**good, "shards": [{"file": "a.rlm", "records": 2, "first_key": 1, "last_key": "b"}]},
+        {**good, "shards": [{"file": "a.rlm", "records": 0, "first_key": "a", "last_key": "a"}]},
+        {**good, "shards": [{"file": "a.rlm", "records": 2, "first_key": "a", "last_key": "\ud800"}]},
+        {**good, "shards": [{"file": "a.rlm", "records": 2, "first_key": "a", "last_key": "b" * 65536}]},
     ):
         with pytest.raises(FormatError):
             read_index_json(bad if isinstance(bad, str) else json.dumps(bad))
+    ranged = {**good, "shards": [{"file": "a.rlm", "records": 2, "first_key": "", "last_key": "\u00e9"},
+                                 {"file": "b.rlm", "records": 0}]}
+    read_index_json(json.dumps(ranged))  # ranges are optional; "" is a key; empty shards list none

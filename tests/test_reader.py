@@ -347,3 +347,118 @@ def test_hf_urls_go_to_the_hub_module(monkeypatch):
     monkeypatch.setitem(sys.modules, "relabel_maps.hub", fake)
     assert rm.open("hf://owner/repo@main/sub", verify=True, revision="x") == "opened"
     assert calls == [("hf://owner/repo@main/sub", {"verify": True, "revision": "x"})]
+
+
+# ------------------------------------------------------------------------------- key ranges
+def _counting_open(folder, index=None):
+    from relabel_maps.shards import from_index, read_index_json
+
+    index = index or read_index_json((folder / f"{folder.name}.index.json").read_bytes())
+    resolved: list[str] = []
+    maps = from_index(index, lambda f: resolved.append(f) or str(folder / f))
+    return maps, resolved
+
+
+@pytest.fixture()
+def sorted_dataset(tmp_path):
+    folder = tmp_path / "sd"
+    with rm.Writer(folder, num_classes=C, k=K, encoding="f32", max_records=4) as w:
+        for i in range(N):  # keys added in order: disjoint, sorted shard ranges
+            w.add(KEYS[i], *sample(i))
+    return folder
+
+
+def test_index_lists_shard_key_ranges(dataset, sorted_dataset):
+    index = json.loads((sorted_dataset / "sd.index.json").read_text())
+    assert [(e["first_key"], e["last_key"]) for e in index["shards"]] == [("n00", "n03"), ("n04", "n07"), ("n08", "n11")]
+    index = json.loads((dataset / "ds.index.json").read_text())  # keys 0,5,10,3,8 | 1,6,11,4,9 | 2,7
+    assert [(e["first_key"], e["last_key"]) for e in index["shards"]] == [("n00", "n10"), ("n01", "n11"), ("n02", "n07")]
+
+
+def test_key_lookup_opens_only_the_shard_holding_the_key(sorted_dataset):
+    maps, resolved = _counting_open(sorted_dataset)
+    assert resolved == [] and maps._disjoint
+    np.testing.assert_array_equal(maps["n05"].scores, sample(5)[1])
+    assert resolved == ["sd-00002-of-00003.rlm"] and list(maps._open) == [1]
+    assert "n06" in maps and maps.record_nbytes("n07") > 8 and maps.shard_of("n04") == 1
+    assert resolved == ["sd-00002-of-00003.rlm"]
+    for missing in ("a", "n035", "zz", "", 3, ["n01"]):  # outside every range, or between two
+        assert missing not in maps
+    assert resolved == ["sd-00002-of-00003.rlm"]
+    assert "n11" in maps and "n00" in maps
+    assert resolved == ["sd-00002-of-00003.rlm", "sd-00003-of-00003.rlm", "sd-00001-of-00003.rlm"]
+    with pytest.raises(MissingKeyError):
+        maps["n05x"]  # within shard 2's range but absent
+    assert len(resolved) == 3 and list(maps) == KEYS
+
+
+def test_key_lookup_with_overlapping_ranges_opens_the_candidates(dataset):
+    maps, resolved = _counting_open(dataset)
+    assert not maps._disjoint
+    assert maps["n09"].key == "n09"  # in n00..n10 and n01..n11 (both checked: a key must not be in two shards)
+    assert resolved == ["ds-00001-of-00003.rlm", "ds-00002-of-00003.rlm"]
+    maps2, resolved2 = _counting_open(dataset)
+    assert "n005" not in maps2 and resolved2 == ["ds-00001-of-00003.rlm"]  # only n00..n10 may hold it
+    assert "n105" not in maps2 and resolved2 == ["ds-00001-of-00003.rlm", "ds-00002-of-00003.rlm"]
+
+
+def test_index_without_ranges_falls_back_to_opening_every_shard(sorted_dataset):
+    index = json.loads((sorted_dataset / "sd.index.json").read_text())
+    for e in index["shards"]:
+        del e["first_key"], e["last_key"]
+    (sorted_dataset / "sd.index.json").write_text(json.dumps(index))
+    with rm.open(sorted_dataset) as maps:
+        assert maps._ranges is None and maps["n05"].key == "n05" and "zz" not in maps
+        assert len(maps._open) == 3 and maps.verify() == []
+    maps, resolved = _counting_open(sorted_dataset)
+    maps["n01"]
+    assert len(resolved) == 3
+
+
+def test_index_range_disagreeing_with_the_shard_is_rejected(sorted_dataset):
+    index = json.loads((sorted_dataset / "sd.index.json").read_text())
+    index["shards"][1]["last_key"] = "n06"
+    (sorted_dataset / "sd.index.json").write_text(json.dumps(index))
+    with rm.open(sorted_dataset) as maps:
+        with pytest.raises(FormatError, match="the index says"):
+            maps["n05"]
+        assert any("the index says" in p for p in maps.verify())
+
+
+def test_folder_without_index_uses_ranges(sorted_dataset):
+    (sorted_dataset / "sd.index.json").unlink()
+    with rm.open(sorted_dataset) as maps:
+        assert maps._disjoint and maps["n09"].key == "n09" and list(maps._open) == [2]
+
+
+def test_verify_reports_a_missing_shard(sorted_dataset):
+    (sorted_dataset / "sd-00002-of-00003.rlm").unlink()
+    with rm.open(sorted_dataset) as maps:
+        problems = maps.verify()
+        assert len(problems) == 1 and problems[0].startswith("sd-00002-of-00003.rlm: cannot read the shard file")
+        assert maps["n01"].key == "n01"  # the other shards stay readable
+        from relabel_maps.errors import CorruptRecordError
+
+        with pytest.raises(CorruptRecordError, match="cannot read"):
+            maps.verify(strict=True)
+    index = json.loads((sorted_dataset / "sd.index.json").read_text())
+    for e in index["shards"]:
+        del e["sha256"]
+    (sorted_dataset / "sd.index.json").write_text(json.dumps(index))
+    (sorted_dataset / "sd-00003-of-00003.rlm").write_bytes(b"not a shard")
+    with rm.open(sorted_dataset) as maps:
+        problems = maps.verify()
+        assert [p.split(":")[0] for p in problems] == ["sd-00002-of-00003.rlm", "sd-00003-of-00003.rlm"]
+
+
+def test_read_record_by_key_and_position(rlm, dataset):
+    with rm.open(rlm) as maps:
+        rec = maps.read_record("n03")
+        assert rec == maps.read_record(3) and len(rec) == maps.record_nbytes("n03")
+        with pytest.raises(MissingKeyError):
+            maps.read_record("zz")
+        with pytest.raises(InvalidArgumentError):
+            maps.read_record(N)
+    with rm.open(dataset) as maps:
+        s = maps.shard_of("n03")
+        assert maps.read_record("n03") == maps.shard(s).read_record("n03")

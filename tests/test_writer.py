@@ -317,3 +317,86 @@ def test_empty_and_unicode_keys(tmp_path):
         assert list(maps)[0] == "" and "e\u0301" in maps and "\u00e9" in maps  # no Unicode normalisation
         for i, key in enumerate(keys):
             np.testing.assert_array_equal(maps[key].scores, -np.sort(-sample(i)[1], axis=0))
+
+
+# ------------------------------------------------------------------------------- raw records
+def test_add_raw_copies_records_byte_for_byte(tmp_path):
+    src, dst = tmp_path / "src.rlm", tmp_path / "dst.rlm"
+    write(src, n=6)
+    with rm.open(src) as r, rm.Writer(dst, num_classes=C, k=K, encoding="f32", level=3) as w:
+        for key in r:
+            w.add_raw(key, r.read_record(key), dictionary=r.dictionary, crc32=fmt.crc32(r.read_record(key)))
+    assert sha(src) == sha(dst)  # same records, same options: the same file
+
+
+def test_add_raw_recompresses_across_dictionaries(tmp_path):
+    src, dst = tmp_path / "src.rlm", tmp_path / "dst.rlm"
+    base_idx, base_sc = sample(0, k=2, h=15, w=15)
+    rng = np.random.default_rng(1)
+    with rm.Writer(src, num_classes=C, k=2, encoding="f16", dictionary=True, level=3) as w:
+        for i in range(300):
+            w.add(f"k{i:03d}", base_idx, base_sc + rng.integers(0, 2, base_sc.shape).astype(np.float32) * 0.25)
+    with rm.open(src) as r:
+        assert r.dictionary
+        with rm.Writer(dst, num_classes=C, k=2, encoding="f16", max_records=100) as w:
+            from relabel_maps.errors import CorruptRecordError
+
+            with pytest.raises(CorruptRecordError):  # the frame needs the dictionary it was made with
+                w.add_raw("k000", r.read_record("k000"))
+            for key in list(r)[:120]:
+                w.add_raw(key, r.read_record(key), dictionary=r.dictionary)
+            w.add("plain", base_idx, base_sc)  # mixed with ordinary adds
+        with rm.open(tmp_path / "dst.index.json") as out:
+            assert len(out) == 121 and out.verify() == [] and out.metadata["compression"]["dictionary"] is False
+            for key in list(r)[:120:17]:
+                np.testing.assert_array_equal(out[key].scores, r[key].scores)
+        with rm.Writer(tmp_path / "d2.rlm", num_classes=C, k=2, encoding="f16", dictionary=True) as w:
+            for key in list(r)[:20]:  # dictionary not trained yet: bodies wait like ordinary adds
+                w.add_raw(key, r.read_record(key), dictionary=r.dictionary)
+        with rm.open(tmp_path / "d2.rlm") as out:
+            assert list(out) == list(r)[:20] and out.verify() == []
+
+
+def test_add_raw_rejects_records_that_do_not_fit(tmp_path):
+    from relabel_maps.errors import CorruptRecordError
+
+    src = tmp_path / "src.rlm"
+    write(src, n=2)
+    with rm.open(src) as r:
+        rec = r.read_record("img/0000")
+    good = dict(num_classes=C, k=K, encoding="f32")
+    with rm.Writer(tmp_path / "o.rlm", **good) as w:
+        flipped = bytearray(rec)
+        flipped[-5] ^= 0xFF
+        for bad in (rec[:5], rec[:-3], rec + b"\0", bytes(flipped), rec[:4] + b"\x00" + rec[5:], rec[:5] + b"\x80" + rec[6:]):
+            with pytest.raises(CorruptRecordError):  # header, truncation, trailing bytes, corruption, k=0, flags
+                w.add_raw("x", bad)
+        w.add_raw("reserved", rec[:6] + b"\x01\x00" + rec[8:])  # ignorable field: stored as 0
+        with pytest.raises(CorruptRecordError, match="CRC32"):
+            w.add_raw("x", rec, crc32=fmt.crc32(rec) ^ 1)
+        with pytest.raises(InvalidArgumentError, match="dictionary"):
+            w.add_raw("x", rec, dictionary=b"\x37\xa4\x30\xec" + bytes(100))
+        with pytest.raises(InvalidArgumentError):
+            w.add_raw("x", "text")  # type: ignore[arg-type]
+        w.add_raw("x", rec)
+        with pytest.raises(WriterError, match="duplicate"):
+            w.add_raw("x", rec)
+        assert "x" in w and len(w) == 2
+    with rm.open(tmp_path / "o.rlm") as out:
+        assert out.read_record("reserved") == rec == out.read_record("x")
+    for other in (dict(good, k=K - 1), dict(good, num_classes=10), dict(good, encoding="f16")):
+        with rm.Writer(tmp_path / "p.rlm", overwrite=True, **other) as w:
+            with pytest.raises(CorruptRecordError):  # k too large, class index >= 10, wrong body size
+                w.add_raw("x", rec)
+    import zstandard
+
+    from relabel_maps.codecs import RecordArrays, get_codec
+
+    idx, sc = sample(3)
+    sc = np.sort(sc, axis=0)  # ascending: valid bytes, but not a canonical label map
+    body = get_codec("f32").encode(RecordArrays(idx.astype(np.uint16), sc, None, None))
+    rec = fmt.pack_record_header(6, 7, K, 0) + zstandard.ZstdCompressor(write_content_size=True).compress(body)
+    with rm.Writer(tmp_path / "o.rlm", overwrite=True, **good) as w:
+        with pytest.raises(CorruptRecordError, match="descending"):
+            w.add_raw("u", rec)
+        assert "u" not in w

@@ -2,9 +2,10 @@
 
 Stages overlap so the device never waits:
 
-* DataLoader workers read files and decode them (PIL on CPU for every format; on CUDA, RGB and
-  grayscale JPEGs pass through as bytes and are decoded in batches by nvJPEG on the GPU).
-* The main thread resizes/normalises on the device, runs the teacher (bf16 autocast +
+* DataLoader workers read files, decode and resize them (PIL, every format); on CUDA, RGB and
+  grayscale JPEGs pass through as bytes instead and are decoded in batches by nvJPEG and resized
+  on the GPU.
+* The main thread normalises on the device, runs the teacher (bf16 autocast +
   channels_last + optional ``torch.compile`` on CUDA; float32 on CPU), takes top-k and the
   log-sum-exp on the device and copies only those back (pinned memory, non-blocking).
 * A background thread encodes, compresses and writes records with :class:`relabel_maps.Writer`
@@ -13,7 +14,8 @@ Stages overlap so the device never waits:
 Resume: the writer journals every flushed record; a re-run skips stored keys. Batches are cut
 from the full, sorted key list in fixed windows, so a resumed run feeds the teacher the same
 batches as an uninterrupted one. Multi-GPU: under ``torchrun`` each rank takes its own part of
-the keys and writes its own output; ``relabel-maps merge`` joins them.
+the keys and writes its own output; the part that finishes last writes one index over all parts
+(``relabel-maps merge`` can also join them into one file). ``--shard i/n`` splits the same way.
 """
 
 from __future__ import annotations
@@ -284,7 +286,7 @@ class _Progress:
         )
         self.t0 = time.perf_counter()
         self.done = 0
-        self.task = self.bar.add_task(description, total=total, completed=skipped, rate="-", skipped=skipped, failed=0)
+        self.row = self.bar.add_task(description, total=total, completed=skipped, rate="-", skipped=skipped, failed=0)
         self.bar.start()
 
     def advance(self, written: int = 0, failed: int = 0) -> None:
@@ -293,7 +295,7 @@ class _Progress:
         self.done += written + failed
         self.failed += failed
         rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
-        self.bar.update(self.task, advance=written + failed, rate=f"{rate:7.1f}", failed=self.failed)
+        self.bar.update(self.row, advance=written + failed, rate=f"{rate:7.1f}", failed=self.failed)
 
     def close(self) -> None:
         if self.bar is not None:

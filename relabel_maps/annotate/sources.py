@@ -84,8 +84,14 @@ def list_images(
     elif file_list is not None:
         items.update(_from_list(root, Path(file_list)))
     else:
+        seen: set[str] = set()
         for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_symlinks):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            real = os.path.realpath(dirpath)
+            if real in seen:  # a symlink cycle, or the same folder linked twice
+                dirnames[:] = []
+                continue
+            seen.add(real)
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             rel_dir = PurePosixPath(Path(dirpath).relative_to(root).as_posix())
             for fn in filenames:
                 if fn.startswith("."):
@@ -103,7 +109,7 @@ def _from_list(root: Path, file_list: Path) -> dict[str, ImageItem]:
     if not file_list.is_file():
         raise InvalidArgumentError(f"file list not found: {file_list}")
     base = root if root.is_dir() else root.parent
-    base_resolved = base.resolve()
+    base_abs = os.path.abspath(base)
     items: dict[str, ImageItem] = {}
     with open(file_list, encoding="utf-8") as f:
         for lineno, raw in enumerate(f, 1):
@@ -112,12 +118,10 @@ def _from_list(root: Path, file_list: Path) -> dict[str, ImageItem]:
                 continue
             p = Path(line)
             full = p if p.is_absolute() else base / p
-            try:
-                key = full.resolve().relative_to(base_resolved).as_posix()
-            except ValueError:
-                raise InvalidArgumentError(
-                    f"{file_list}:{lineno}: {line!r} is not under the source folder {base}"
-                ) from None
+            rel = os.path.relpath(os.path.abspath(full), base_abs)
+            if rel == os.pardir or rel.startswith(os.pardir + os.sep) or os.path.isabs(rel):
+                raise InvalidArgumentError(f"{file_list}:{lineno}: {line!r} is not under the source folder {base}")
+            key = PurePosixPath(*Path(rel).parts).as_posix()
             items[key] = ImageItem(key, str(full))
     return items
 

@@ -158,6 +158,7 @@ class Teacher:
     preset: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     steps: dict[tuple, Any] = field(default_factory=dict, repr=False, compare=False)  # annotate's device steps
+    grids: dict[tuple, tuple[int, int]] = field(default_factory=dict, repr=False, compare=False)
 
     # ------------------------------------------------------------------ forward
     def forward_maps(self, x: Any) -> Any:
@@ -182,12 +183,15 @@ class Teacher:
                 return dense_head(self.model, feats.float(), x.shape[-2:])
         return dense_head(self.model, feats, x.shape[-2:])
 
-    def grid_size(self, device: Any = "cpu") -> tuple[int, int]:
-        """The ``(h, w)`` of the maps this teacher produces at ``input_size``."""
+    def grid_size(self) -> tuple[int, int]:
+        """The ``(h, w)`` of the maps this teacher produces at ``input_size`` (one probe, cached)."""
         torch = require("torch", "torch")
-        param = next(self.model.parameters())
-        x = torch.zeros(1, 3, *self.input_size, device=param.device, dtype=param.dtype)
-        return tuple(self.forward_maps(x).shape[-2:])  # type: ignore[return-value]
+        key = tuple(self.input_size)
+        if key not in self.grids:
+            param = next(self.model.parameters())
+            x = torch.zeros(1, 3, *self.input_size, device=param.device, dtype=param.dtype)
+            self.grids[key] = tuple(int(v) for v in self.forward_maps(x).shape[-2:])
+        return self.grids[key]  # type: ignore[return-value]
 
     @property
     def device(self) -> Any:
