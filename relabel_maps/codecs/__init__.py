@@ -81,10 +81,5 @@ def get_codec(spec: str | Mapping[str, Any]) -> Codec:
 
 
 def _load_builtin() -> None:
-    if not CODECS:
-        from . import raw  # noqa: F401  (registers f32, f16)
-
-        try:
-            from . import compact  # noqa: F401  (registers the size-optimised codec)
-        except ImportError:  # pragma: no cover - compact codec not present
-            pass
+    if "f32" not in CODECS or "compact" not in CODECS:
+        from . import compact, raw  # noqa: F401  (importing registers f32, f16 and compact)
