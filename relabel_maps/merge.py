@@ -8,8 +8,9 @@ input shard is copied byte for byte (so nothing is re-encoded), renamed into the
 the index is written by :func:`relabel_maps.shards.write_index`. A key stored in several inputs is
 an error unless ``on_duplicate`` is ``"first"`` or ``"last"`` (keep the copy from the first or the
 last input in the order given); a shard that loses records is rewritten through
-:class:`relabel_maps.Writer` with the shard's own settings. An output ending in ``.rlm`` gives one
-file instead (every record is rewritten). Outputs appear atomically: files are built in a hidden
+:class:`relabel_maps.Writer` with the shard's own settings, copying the kept records' bytes
+(:meth:`Writer.add_raw`, never decoded and re-encoded). An output ending in ``.rlm`` gives one file
+instead, built the same way. Outputs appear atomically: files are built in a hidden
 folder next to the output and moved into place at the end, the index last.
 """
 
@@ -144,7 +145,7 @@ def _merge_to_file(shard_paths, keys, owner, out: Path, overwrite: bool, duplica
             with Reader(p) as r:
                 for key in keys[s]:
                     if owner[key] == s:
-                        w.add_map(key, r[key])
+                        w.add_raw(key, r.read_record(key), dictionary=r.dictionary)
                         records += 1
                     if progress is not None:
                         progress(1)
@@ -191,7 +192,7 @@ def _merge_to_folder(shard_paths, keys, owner, metas, out: Path, overwrite: bool
                 rewritten += 1
                 with Reader(shard_paths[s]) as r, Writer(final, **_writer_settings(metas[s])) as w:
                     for key in kept[s]:
-                        w.add_map(key, r[key])
+                        w.add_raw(key, r.read_record(key), dictionary=r.dictionary)
                 if progress is not None:
                     progress(len(keys[s]))
             paths.append(final)

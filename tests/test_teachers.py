@@ -30,6 +30,7 @@ GAP_LINEAR = [
     ("resnet18", 64, {}, (2, 2)),
     ("efficientnet_b0", 64, {}, (2, 2)),
     ("regnetx_002", 64, {}, (2, 2)),
+    ("nf_regnet_b0", 64, {}, (2, 2)),  # NormFreeNet, the class of the NFNet-F6 preset
     ("vit_tiny_patch16_224", 48, {"depth": 2, "global_pool": "avg", "fc_norm": False}, (3, 3)),
     ("swin_tiny_patch4_window7_224", 64,
      {"window_size": 4, "embed_dim": 24, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1)}, (2, 2)),

@@ -136,11 +136,13 @@ def load_rgb(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.load()
-            arr = _to_rgb_array(img)
     except Exception as exc:  # noqa: BLE001 - OSError, SyntaxError, ValueError, ... from PIL plugins
         reason = "truncated" if "truncated" in str(exc).lower() or _looks_truncated(data) else "corrupt"
         raise ImageDecodeError(reason, f"{type(exc).__name__}: {exc}") from None
-    return np.ascontiguousarray(arr)
+    try:
+        return np.ascontiguousarray(_to_rgb_array(img))
+    except Exception as exc:  # noqa: BLE001 - e.g. a colour mode PIL cannot convert to RGB
+        raise ImageDecodeError("unsupported-mode", f"mode {img.mode}: {type(exc).__name__}: {exc}") from None
 
 
 def _crop_box(h: int, w: int, size: Sequence[int], resize: str) -> tuple[int, int, int, int]:
@@ -207,9 +209,11 @@ def load_item(
             if img.format == "JPEG" and img.mode in ("RGB", "L"):
                 return DecodedItem(index, key, path, "jpeg", data=torch.frombuffer(bytearray(data), dtype=torch.uint8))
         arr = load_rgb(data, max_pixels=max_pixels)
+        out = torch.from_numpy(np.array(resize_pil(arr, size, resize))).permute(2, 0, 1)
     except ImageDecodeError as exc:
         return DecodedItem(index, key, path, "error", reason=exc.reason, detail=exc.detail)
-    out = torch.from_numpy(np.array(resize_pil(arr, size, resize))).permute(2, 0, 1)
+    except Exception as exc:  # noqa: BLE001 - a bad image must never stop the run
+        return DecodedItem(index, key, path, "error", reason="error", detail=f"{type(exc).__name__}: {exc}")
     return DecodedItem(index, key, path, "tensor", data=out)
 
 

@@ -385,7 +385,10 @@ def _assemble(batch: dict[str, Any], items: Sequence[ImageItem], size: Sequence[
                     fail(index, getattr(exc, "reason", "corrupt"), str(exc))
                     continue
                 img = torch.from_numpy(arr).permute(2, 0, 1).to(device)
-            frames[index] = resize_image(img, size, resize, finish=False)
+            try:
+                frames[index] = resize_image(img, size, resize, finish=False)
+            except Exception as exc:  # noqa: BLE001 - e.g. out of device memory on a giant image
+                fail(index, "error", f"resize on {device}: {type(exc).__name__}: {exc}")
     keep = [i for i in indices if i in frames]
     if not keep:
         return [], None
