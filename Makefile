@@ -31,6 +31,8 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/bench_pool.py
 	$(BIN)/python benchmarks/bench_size.py
+	$(BIN)/python benchmarks/bench_annotate.py
+	$(BIN)/python benchmarks/bench_train_pool.py
 
 clean:
 	rm -rf build $(VENV) .pytest_cache
