@@ -1,5 +1,5 @@
-"""The size-optimised ``compact`` codec: a class palette plus fixed-step quantised logits coded as
-rank gaps.
+"""The size-optimised ``compact`` codec: a class palette plus quantised logits coded as rank gaps,
+with a fixed step for the top ranks and twice that step for the lower ranks.
 
 Body layout (spec/ENCODINGS.md, section "compact"), little-endian::
 
@@ -7,15 +7,16 @@ Body layout (spec/ENCODINGS.md, section "compact"), little-endian::
     counts   H*W u8                                     (FLAG_COUNTS only)
     palette  P   differences of the sorted distinct classes (the first is the class itself)
     ids      V   palette position of every valid entry, rank-major (u8/u16/u32 by P)
-    scores   V   round(score[0] / step) - top-1 base for every location, then the gaps
-                 round(score[r-1] / step) - round(score[r] / step) of the valid entries of rank >= 1
+    scores   V   round(score[0] / step) - top-1 base for every location, then the gaps of the valid
+                 entries of rank >= 1, in units of their rank's step (step for ranks < fine_ranks,
+                 2 * step below), quantised in closed loop against the decoded higher rank
     lse      H*W round((lse - score[0]) / step) - lse base  (FLAG_LSE only)
 
 Multi-byte streams are byte-shuffled (all low bytes first) so zstd sees the near-constant high bytes
 as runs. Decoding is a fixed sequence of vectorised numpy operations: a palette lookup and one small
 matrix product that turns the byte planes of the score stream straight into scores (a lower-
-triangular matrix of ``±step`` per plane, scaled by 256 per byte), exact in float64 and rounded once
-to float32. Nothing loops over entries or locations.
+triangular matrix of ``±step`` or ``-2 * step`` per plane, scaled by 256 per byte), exact in float64
+and rounded once to float32. Nothing loops over entries or locations.
 """
 
 from __future__ import annotations
@@ -30,10 +31,13 @@ from ..errors import CorruptRecordError, InvalidArgumentError, InvalidLabelMapEr
 from . import FLAG_COUNTS, FLAG_LSE, RecordArrays, register_codec
 from . import raw as _raw  # noqa: F401  (registers f32/f16 too when this module is imported first)
 
-__all__ = ["CompactCodec", "DEFAULT_STEP"]
+__all__ = ["CompactCodec", "DEFAULT_STEP", "DEFAULT_FINE_RANKS"]
 
 #: quantisation step of the logits: error <= 1/256, the worst case of float16 for logits in [8, 16)
 DEFAULT_STEP = 2.0**-7
+#: ranks quantised with ``step``; lower ranks use ``2 * step`` (spec/ENCODINGS.md, section 4)
+DEFAULT_FINE_RANKS = 2
+_MAX_RANKS = 255
 _HEADER = struct.Struct("<IiiBBBB")
 _WIDTHS = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4")}
 _QMAX = 2**30  # |round(x / step)| limit: every stream value then fits 32 bits
@@ -67,24 +71,32 @@ def _values(planes: np.ndarray, base: float = 0.0) -> np.ndarray:
 
 
 class CompactCodec:
-    """Lossy codec: indices exact, scores (and lse) rounded to a multiple of ``step``."""
+    """Lossy codec: indices exact; top-1 scores (and lse) rounded to a multiple of ``step``, the
+    scores of ranks ``1 .. fine_ranks - 1`` within ``step / 2``, lower ranks within ``step``."""
 
     name = "compact"
     lossless = False
 
-    def __init__(self, step: float = DEFAULT_STEP) -> None:
+    def __init__(self, step: float = DEFAULT_STEP, fine_ranks: int = DEFAULT_FINE_RANKS) -> None:
         try:
             e = math.log2(float(step))
         except (TypeError, ValueError):
             e = math.nan
         if not (e == e and e == round(e) and -24 <= e <= 0):
             raise InvalidArgumentError(f"compact step must be a power of two in [2**-24, 1], got {step!r}")
+        if isinstance(fine_ranks, bool) or not isinstance(fine_ranks, int) or not 1 <= fine_ranks <= _MAX_RANKS:
+            raise InvalidArgumentError(f"compact fine_ranks must be an integer in [1, {_MAX_RANKS}], got {fine_ranks!r}")
         self.step = float(step)
+        self.fine_ranks = fine_ranks
         self._rank_cache: dict[tuple[int, int], np.ndarray] = {}
 
     @property
     def spec(self) -> dict[str, Any]:
-        return {"name": self.name, "step": self.step}
+        return {"name": self.name, "step": self.step, "fine_ranks": self.fine_ranks}
+
+    def _multipliers(self, k: int) -> np.ndarray:
+        """Step of each rank in units of ``step``: 1 for ranks < ``fine_ranks``, else 2."""
+        return np.where(np.arange(k) < self.fine_ranks, 1, 2)
 
     def max_body_size(self, k: int, h: int, w: int, flags: int, index_itemsize: int) -> int:
         n, m = k * h * w, h * w
@@ -121,9 +133,17 @@ class CompactCodec:
             if c.min() < 1 or c.max() > k:
                 raise InvalidLabelMapError(f"counts must lie in [1, {k}]")
             valid = np.arange(k)[:, None] < c[None]
-        gaps = (q[:-1] - q[1:])[valid[1:]]
-        if gaps.size and gaps.min() < 0:
+        x = np.asarray(scores, dtype=np.float64).reshape(k, m) / self.step  # exact: power-of-two step
+        if ((x[:-1] - x[1:])[valid[1:]] < 0).any():
             raise InvalidLabelMapError("scores must be in descending order at every location")
+        # closed loop: each gap is taken from the decoded value of the rank above, so errors do not add up
+        mult = self._multipliers(k)
+        g = np.zeros((k, m), dtype=np.int64)
+        level = q[0]
+        for r in range(1, k):
+            g[r] = np.rint((level - x[r]) / mult[r])
+            level = level - g[r] * mult[r]
+        gaps = g[1:][valid[1:]]
         palette, ids = np.unique(idx.reshape(k, m)[valid].astype(np.int64), return_inverse=True)
         pal_d = np.diff(palette, prepend=0)
         top_base = int(q[0].min())
@@ -144,11 +164,12 @@ class CompactCodec:
         """``(k, planes*k)`` matrix turning the byte planes of (top-1, gap 1, ..., gap k-1) into scores.
 
         Its block for plane ``b`` is ``256**b`` times the ``(k, k)`` matrix with ``step`` in column 0
-        and ``-step`` below the diagonal elsewhere: score[r] = step * (top-1 - gap 1 - ... - gap r).
+        and, on and below the diagonal, ``-step`` in columns ``1 .. fine_ranks - 1`` and ``-2 * step``
+        in the others: score[r] = step * (top-1 - m_1 * gap 1 - ... - m_r * gap r).
         """
         mat = self._rank_cache.get((k, planes))
         if mat is None:
-            one = np.tril(np.full((k, k), -self.step))
+            one = np.tril(-self.step * self._multipliers(k)[None, :] * np.ones((k, 1)))
             one[:, 0] = self.step
             one[0, 1:] = 0.0
             mat = self._rank_cache[(k, planes)] = np.concatenate([one * 256.0**b for b in range(planes)], axis=1)
