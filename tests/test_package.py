@@ -18,6 +18,7 @@ def test_core_import_and_use_do_not_import_heavy_dependencies(tmp_path: Path) ->
     """Writing, reading and pooling with the core library loads none of the optional dependencies."""
     script = f"""
 import sys
+import numpy as np
 import relabel_maps, relabel_maps.pooling
 rng = np.random.default_rng(0)
 idx = np.stack([rng.permutation(50)[:3] for _ in range(16)], axis=1).reshape(3, 4, 4)
