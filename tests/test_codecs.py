@@ -10,10 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relabel_maps.codecs import FLAG_COUNTS, FLAG_LSE, RecordArrays, get_codec
-from relabel_maps.codecs.compact import DEFAULT_STEP, CompactCodec
+from relabel_maps.codecs.compact import DEFAULT_FINE_RANKS, DEFAULT_STEP, CompactCodec
 from relabel_maps.errors import CorruptRecordError, InvalidArgumentError, InvalidLabelMapError
 
-ALL = [{"name": "f32"}, {"name": "f16"}, {"name": "compact"}, {"name": "compact", "step": 2.0**-10}]
+ALL = [
+    {"name": "f32"}, {"name": "f16"}, {"name": "compact"}, {"name": "compact", "step": 2.0**-10},
+    {"name": "compact", "step": 2.0**-3, "fine_ranks": 1},
+]  # fmt: skip
 
 
 def make(
@@ -39,6 +42,25 @@ def make(
     return RecordArrays(idx.astype(dtype).reshape(k, h, w), sc.reshape(k, h, w), cnt, l)
 
 
+def compact_reference(codec, a: RecordArrays) -> np.ndarray:
+    """Scores as spec/ENCODINGS.md section 3.1 quantises them, one entry at a time: top-1 rounded to
+    the step grid, then each lower rank's gap to the decoded rank above rounded to its rank's step."""
+    k = a.indices.shape[0]
+    x = a.scores.astype(np.float64).reshape(k, -1) / codec.step
+    count = np.full(x.shape[1], k) if a.counts is None else a.counts.reshape(-1)
+    out = np.zeros_like(x)
+    for j in range(x.shape[1]):
+        level = float(np.rint(x[0, j]))
+        out[0, j] = level
+        for r in range(1, int(count[j])):
+            mult = 1 if r < codec.fine_ranks else 2
+            gap = np.rint((level - x[r, j]) / mult)
+            assert gap >= 0
+            level -= gap * mult
+            out[r, j] = level
+    return (out * codec.step).astype(np.float32).reshape(a.scores.shape)
+
+
 def roundtrip(codec, a: RecordArrays) -> RecordArrays:
     body = codec.encode(a)
     assert len(body) <= codec.max_body_size(*a.indices.shape, a.flags, a.indices.itemsize)
@@ -53,10 +75,11 @@ def check(codec, a: RecordArrays, out: RecordArrays) -> None:
         np.testing.assert_array_equal(out.scores, a.scores)
     elif codec.name == "f16":
         np.testing.assert_array_equal(out.scores, a.scores.astype(np.float16).astype(np.float32))
-    else:  # compact: exactly the scores rounded to the step grid, so within step / 2
-        q = np.rint(a.scores.astype(np.float64) / codec.step)
-        np.testing.assert_array_equal(out.scores, (q * codec.step).astype(np.float32))
-        assert np.abs(out.scores.astype(np.float64) - a.scores).max() <= codec.step / 2 + 1e-6 * np.abs(a.scores).max()
+    else:  # compact: within step / 2 for ranks < fine_ranks, within step below
+        np.testing.assert_array_equal(out.scores, compact_reference(codec, a))
+        k = a.indices.shape[0]
+        bound = np.where(np.arange(k) < codec.fine_ranks, codec.step / 2, codec.step)[:, None, None]
+        assert (np.abs(out.scores.astype(np.float64) - a.scores) <= bound + 1e-6 * np.abs(a.scores).max()).all()
         if a.counts is None:
             assert (np.diff(out.scores, axis=0) <= 0).all()
     if a.counts is None:
@@ -117,6 +140,27 @@ def test_k1_and_1x1_grid():
     assert out.indices.tolist() == [[[3]]] and out.scores.tolist() == [[[1.25]]]
 
 
+def test_fine_ranks_cover_k_is_plain_rounding():
+    """With fine_ranks >= k every score is its own value rounded to the step grid (within step / 2)."""
+    a = make(np.random.default_rng(2), 5, 6, 6, 1000, counts=True)
+    out = roundtrip(CompactCodec(2.0**-7, fine_ranks=5), a)
+    q = np.rint(a.scores.astype(np.float64) / 2.0**-7)
+    np.testing.assert_array_equal(out.scores, (q * 2.0**-7).astype(np.float32))
+
+
+def test_coarse_ranks_use_twice_the_step_in_closed_loop():
+    """Ranks >= fine_ranks store gaps in units of 2 * step, taken from the decoded rank above, so the
+    error stays within one step at every rank (it does not add up), and order and ties survive."""
+    codec = CompactCodec(0.25, fine_ranks=1)
+    sc = np.array([1.0, 0.25, 0.25, -0.6, -0.6, -0.7], np.float32).reshape(6, 1, 1)
+    idx = np.arange(6, dtype=np.uint16).reshape(6, 1, 1)
+    out = roundtrip(codec, RecordArrays(idx, sc, None, None))
+    # 1.0 -> 1.0; gap 0.75 = 1.5 coarse steps -> 2 (half to even) -> 0.0; 0.25 again -> gap 0 -> 0.0;
+    # -0.6: gap 0.6 = 1.2 -> 1 -> -0.5; tie kept; -0.7: gap 0.2 = 0.4 -> 0 -> -0.5
+    assert out.scores.ravel().tolist() == [1.0, 0.0, 0.0, -0.5, -0.5, -0.5]
+    assert (np.abs(out.scores - sc) <= 0.25).all()
+
+
 def test_all_equal_scores_are_exact():
     codec = get_codec("compact")
     idx = np.stack([np.full((4, 4), c, np.uint16) for c in (9, 2, 5)])
@@ -163,10 +207,18 @@ def test_bad_step(step):
         get_codec({"name": "compact", "step": step})
 
 
+@pytest.mark.parametrize("fine_ranks", [0, 256, 1.0, True, "2", None])
+def test_bad_fine_ranks(fine_ranks):
+    with pytest.raises(InvalidArgumentError, match="fine_ranks"):
+        get_codec({"name": "compact", "fine_ranks": fine_ranks})
+
+
 def test_spec_and_defaults():
     codec = get_codec("compact")
     assert isinstance(codec, CompactCodec) and not codec.lossless
-    assert codec.spec == {"name": "compact", "step": DEFAULT_STEP} == {"name": "compact", "step": 2.0**-7}
+    expected = {"name": "compact", "step": 2.0**-7, "fine_ranks": 2}
+    assert codec.spec == {"name": "compact", "step": DEFAULT_STEP, "fine_ranks": DEFAULT_FINE_RANKS} == expected
+    assert get_codec({"name": "compact", "step": 2.0**-7}).spec == expected
     assert get_codec(codec.spec).spec == codec.spec
     assert get_codec("f32").lossless and not get_codec("f16").lossless
 
@@ -193,6 +245,19 @@ def test_compact_byte_layout_matches_spec():
     assert out.scores.tolist() == [[[1.0, 0.5]], [[0.25, -0.5]]]
     assert out.lse.tolist() == [[2.0, 1.0]]
     assert CompactCodec(0.25).encode(RecordArrays(out.indices, out.scores, None, out.lse)) == body
+
+
+def test_compact_byte_layout_coarse_rank_matches_spec():
+    """The fine_ranks = 1 variant of the section 3.5 example: rank-1 gaps in units of 2 * step."""
+    codec = CompactCodec(0.25, fine_ranks=1)
+    idx = np.array([[[3, 10]], [[10, 3]]], np.uint16)
+    sc = np.array([[[1.0, 0.5]], [[0.25, -0.5]]], np.float32)
+    body = codec.encode(RecordArrays(idx, sc, None, np.array([[2.0, 1.0]], np.float32)))
+    # gaps 0.75 and 1.0 are 1.5 and 2 coarse steps: 2 (half to even) and 2; rank 1 decodes to 0.0, -0.5
+    assert body.hex() == "02000000020000000200000001010100" "0307" "00010100" "02000202" "0200"
+    out = codec.decode(body, 2, 1, 2, FLAG_LSE, np.uint16)
+    assert out.scores.tolist() == [[[1.0, 0.5]], [[0.0, -0.5]]]
+    assert out.lse.tolist() == [[2.0, 1.0]]
 
 
 def test_raw_byte_layout_matches_spec():

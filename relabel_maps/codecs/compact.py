@@ -218,7 +218,7 @@ class CompactCodec:
             raise CorruptRecordError("compact palette id out of range")
         score_planes, pos = _planes(buf, pos, nvalid, ws)
         palette = palette.astype(index_dtype)
-        # products and sums below are exact in float64 (|values| < 2**40 steps), then rounded once
+        # products and sums below are exact in float64 (|values| < 2**42 steps), then rounded once
         if valid is None:
             indices = palette.take(ids.astype(np.intp)).reshape(k, h, w)
             res = self._ranks(k, ws) @ score_planes.reshape(ws * k, m).astype(np.float64)
