@@ -7,6 +7,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .errors import InvalidLabelMapError
+from .pooling import pool as _pool
 
 __all__ = ["LabelMap", "SCORE_KINDS"]
 
@@ -190,9 +191,7 @@ class LabelMap:
         ``box`` is ``(x0, y0, x1, y1)`` normalised to the frame the teacher saw; ``flip`` means the
         crop was mirrored horizontally. See spec/POOLING.md for the exact semantics and fill modes.
         """
-        from .pooling import pool
-
-        return pool(self, box, flip=flip, size=size, fill=fill, temperature=temperature, sampling_ratio=sampling_ratio)
+        return _pool(self, box, flip=flip, size=size, fill=fill, temperature=temperature, sampling_ratio=sampling_ratio)
 
     def __repr__(self) -> str:
         k, h, w = self.shape

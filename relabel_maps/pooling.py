@@ -12,8 +12,9 @@ Only numpy and the standard library are imported.
 from __future__ import annotations
 
 import math
+from array import array
 from functools import lru_cache
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
 
@@ -307,6 +308,91 @@ def _location_values(labelmap: "LabelMap", mode: str, temperature: float) -> tup
     return (excess if valid is None else np.where(valid, excess, 0.0)), u
 
 
+class _S1Template(NamedTuple):
+    """Box-independent arrays for a 1x1 output sampled ``gy`` x ``gx`` times on an ``h x w`` grid:
+    the y samples first, then the x samples (see :func:`_s1_weights`)."""
+
+    take: np.ndarray  # (2, n) positions in [lo_y, lo_x, size_y, size_x] of each sample's start, size
+    half: np.ndarray  # (n,) f32 sample offsets iy + 0.5
+    grid: np.ndarray  # (n,) f32 samples per bin along the sample's axis
+    last: np.ndarray  # (n,) f32 last grid coordinate along the sample's axis
+    sums: np.ndarray  # (2, n) per-axis sums, the y row scaled by 1 / (gy * gx)
+
+
+@lru_cache(maxsize=1024)
+def _s1_template(gy: int, gx: int, h: int, w: int) -> _S1Template:
+    y, x = np.zeros(gy, np.intp), np.ones(gx, np.intp)
+    sums = np.zeros((2, gy + gx))
+    sums[0, :gy] = 1.0 / (gy * gx)
+    sums[1, gy:] = 1.0
+    arrays = _S1Template(
+        np.stack([np.concatenate([y, x]), np.concatenate([y, x]) + 2]),
+        np.concatenate([np.arange(gy) + 0.5, np.arange(gx) + 0.5]).astype(_F32),
+        np.concatenate([np.full(gy, gy), np.full(gx, gx)]).astype(_F32),
+        np.concatenate([np.full(gy, h - 1), np.full(gx, w - 1)]).astype(_F32),
+        sums,
+    )
+    for a in arrays:
+        a.setflags(write=False)
+    return arrays
+
+
+def _f32(values: tuple[float, ...]) -> "array":
+    """``values`` rounded to float32 (round to nearest even)."""
+    return array("f", values)
+
+
+@lru_cache(maxsize=64)
+def _coords(n: int) -> np.ndarray:
+    """``arange(n)`` as float64, read-only."""
+    out = np.arange(n, dtype=np.float64)
+    out.setflags(write=False)
+    return out
+
+
+def _s1_weights(
+    box: tuple[float, float, float, float], h: int, w: int, sampling_ratio: int
+) -> np.ndarray | None:
+    """``(H, W)`` float64 RoIAlign weights of a 1x1 output for a normalised ``box`` lying inside the
+    frame (``0 <= x0 < x1 <= 1``, same for y), or ``None`` when another rule applies (a box reaching
+    outside, an empty box): then :func:`_grid_weights` handles it.
+
+    Same sample points as :func:`_sample_axes` (float32, operation for operation). Inside the frame
+    every sample lies in ``[-0.5, size - 0.5]``, so only the clamp onto ``[0, size - 1]`` applies, and
+    each sample's bilinear weights are the tent ``max(0, 1 - |p - j|)`` over the grid coordinates ``j``.
+    """
+    x0, y0, x1, y1 = box
+    if not (0.0 <= x0 and x1 <= 1.0 and 0.0 <= y0 and y1 <= 1.0):
+        return None
+    # float32 box arithmetic of _sample_axes on Python floats: each float64 result of an operation on
+    # float32 values, rounded to float32 (array "f"), is the float32 result of that operation
+    b0, b1, b2, b3 = _f32((y0 * h, x0 * w, y1 * h, x1 * w))
+    ly, lx, hy, hx = _f32((b0 - 0.5, b1 - 0.5, b2 - 0.5, b3 - 0.5))  # aligned=True
+    qy, qx = _f32((hy - ly, hx - lx))  # one bin: step == size
+    if sampling_ratio > 0:
+        gy = gx = sampling_ratio
+    else:
+        gy, gx = math.ceil(qy), math.ceil(qx)
+        if gy <= 0 or gx <= 0:
+            return None
+    t = _s1_template(gy, gx, h, w)
+    lq = np.array((ly, lx, qy, qx), dtype=_F32).take(t.take)
+    pos = t.half * lq[1]
+    pos /= t.grid
+    pos += lq[0]
+    # clamp onto [0, size - 1] where a sample may leave it (first / last samples; 1e-4 >> rounding)
+    if ly + 0.5 * qy / gy < 1e-4 or lx + 0.5 * qx / gx < 1e-4:
+        np.maximum(pos, 0.0, out=pos)
+    if ly + qy * (1.0 - 0.5 / gy) > h - 1.0001 or lx + qx * (1.0 - 0.5 / gx) > w - 1.0001:
+        np.minimum(pos, t.last, out=pos)
+    tent = np.subtract(pos[:, None], _coords(max(h, w)))
+    np.abs(tent, out=tent)
+    np.subtract(1.0, tent, out=tent)
+    np.maximum(tent, 0.0, out=tent)
+    a = t.sums @ tent
+    return a[0, :h, None] * a[1, :w]
+
+
 @lru_cache(maxsize=64)
 def _rows(n: int) -> np.ndarray:
     """``arange(n)`` shaped (n, 1), read-only."""
@@ -378,29 +464,58 @@ def pool(
     ``(C, H, W)`` array. Returns float32 ``(C,)`` for ``size == 1``, else ``(C, size, size)``.
     """
     b, s, mode, t, sr = _check_pool_args(labelmap, box, size, fill, temperature, sampling_ratio)
+    if s == 1:
+        return _pool1(labelmap, b, mode, t, sr)
     wy, wx = _grid_weights(labelmap, b, s, sr)
     k, h, w = labelmap.shape
     c = labelmap.num_classes
     v, u = _location_values(labelmap, mode, t)
     cls = labelmap.indices.reshape(k * h * w)
-    if s == 1:
-        loc = np.outer(wy[0], wx[0]).reshape(h * w)
-        pooled = np.bincount(cls, weights=(v * loc).reshape(-1), minlength=c)
-        if u is not None:
-            pooled += loc @ u
-    else:  # separable: contract x per (class, row) with one bincount, then y with a small matmul
-        present = np.flatnonzero(np.bincount(cls, minlength=c))
-        m = present.size
-        remap = np.zeros(c, dtype=np.int64)
-        remap[present] = np.arange(m)
-        base = (remap[cls].reshape(1, k, h, w) * h + _rows(h)) * s
-        idx = base + _rows(s).reshape(s, 1, 1, 1)  # (s, k, h, w): output column, entry
-        part = v.reshape(1, k, h, w) * wx[:, None, None, :]
-        rows = np.bincount(idx.reshape(-1), weights=part.reshape(-1), minlength=m * h * s).reshape(m, h, s)
-        rest = np.zeros(s * s) if u is None else (wy @ u.reshape(h, w) @ wx.T).reshape(s * s)
-        pooled = np.matmul(wy, rows).reshape(m, s * s) + rest
-        return _shape_output(_finish_sparse(pooled, rest, present, c, mode), s, flip)
-    return _shape_output(_finish(pooled, mode), s, flip)
+    # separable: contract x per (class, row) with one bincount, then y with a small matmul
+    present = np.flatnonzero(np.bincount(cls, minlength=c))
+    m = present.size
+    remap = np.zeros(c, dtype=np.int64)
+    remap[present] = np.arange(m)
+    base = (remap[cls].reshape(1, k, h, w) * h + _rows(h)) * s
+    idx = base + _rows(s).reshape(s, 1, 1, 1)  # (s, k, h, w): output column, entry
+    part = v.reshape(1, k, h, w) * wx[:, None, None, :]
+    rows = np.bincount(idx.reshape(-1), weights=part.reshape(-1), minlength=m * h * s).reshape(m, h, s)
+    rest = np.zeros(s * s) if u is None else (wy @ u.reshape(h, w) @ wx.T).reshape(s * s)
+    pooled = np.matmul(wy, rows).reshape(m, s * s) + rest
+    return _shape_output(_finish_sparse(pooled, rest, present, c, mode), s, flip)
+
+
+def _pool1(labelmap: "LabelMap", box: tuple[float, float, float, float], mode: str, temperature: float,
+           sampling_ratio: int) -> np.ndarray:
+    """:func:`pool` for a 1x1 output: ``(C,)`` float32 (a flip changes nothing)."""
+    idx, scores = labelmap.indices, labelmap.scores
+    k, h, w = idx.shape
+    c = labelmap.num_classes
+    loc = _s1_weights(box, h, w, sampling_ratio)
+    if loc is None:
+        wy, wx = _grid_weights(labelmap, box, 1, sampling_ratio)
+        loc = np.outer(wy[0], wx[0])
+    if mode == "zero" and labelmap.counts is None:
+        if temperature != 1.0:  # pooling is linear: divide the weights instead of every score
+            loc /= temperature
+        return _softmax(np.bincount(idx.reshape(-1), weights=(scores * loc).reshape(-1), minlength=c))
+    v, u = _location_values(labelmap, mode, temperature)
+    loc = loc.reshape(h * w)
+    pooled = np.bincount(idx.reshape(-1), weights=(v * loc).reshape(-1), minlength=c)
+    if u is not None:
+        pooled += loc @ u
+    return _finish(pooled, mode).astype(_F32)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    """float32 softmax of the float64 vector ``z``: ``exp(z) / sum`` directly while that sum is a
+    positive finite float64 (|z| below ~700: no max to subtract), else shifted by the max."""
+    e = np.exp(z)
+    tot = float(np.add.reduce(e))
+    if not 0.0 < tot < math.inf:
+        e = np.exp(z - z.max())
+        tot = float(np.add.reduce(e))
+    return np.multiply(e, 1.0 / tot, out=np.empty(z.shape, _F32))
 
 
 def pool_dense(

@@ -35,6 +35,7 @@ __all__ = ["LabelMaps", "Reader", "RecordDecoder", "check_decoded", "open_file",
 
 ZSTD_DICT_MAGIC = b"\x37\xa4\x30\xec"
 _RECORD_HEADER = struct.Struct("<HHBBH")
+_F32 = np.dtype(np.float32)
 Source = Union[str, "os.PathLike[str]", BinaryIO, Callable[[], BinaryIO]]
 
 
@@ -213,6 +214,10 @@ class RecordDecoder:
         self._index_dtype = fmt.index_dtype_for(num_classes)
         self._index_itemsize = self._index_dtype.itemsize
         self._check_range = num_classes < (1 << (8 * self._index_itemsize))
+        self._bounds: dict[tuple[int, int, int, int], int] = {}  # (k, h, w, flags) -> max body size
+        # a codec whose decoded scores and lse are finite by construction (class attribute
+        # ``finite = True``, e.g. integer-coded values) needs no finiteness scan per record
+        self._check_finite = not getattr(codec, "finite", False)
         try:
             self._zdict = zstandard.ZstdCompressionDict(dictionary) if dictionary else None
             self.reset()
@@ -232,58 +237,77 @@ class RecordDecoder:
             self._tls.dctx = dctx
         return dctx
 
-    def decompress(self, rec: bytes | memoryview, key: str) -> tuple[int, int, int, int, bytes]:
-        """``(h, w, k, flags, body)`` of a record, every declared size checked before decompressing."""
+    def _check_header(self, rec: bytes | memoryview, key: str) -> tuple[int, int, int, int, int]:
+        """``(h, w, k, flags, bound)`` of a record header (R21), ``bound`` the body size limit."""
         try:
             h, w, k, flags, _ = _RECORD_HEADER.unpack_from(rec)
         except struct.error:
             raise CorruptRecordError(f"record {key!r} is shorter than its header") from None
-        lim = self._limits
-        if not (
-            0 < h <= lim.max_height and 0 < w <= lim.max_width and 0 < k <= self.k
-            and k * h * w <= lim.max_entries and not flags & ~fmt.KNOWN_RECORD_FLAGS
-        ):
-            fmt.parse_record_header(rec, self.k, lim)  # raises with the precise reason
-        bound = self.codec.max_body_size(k, h, w, flags, self._index_itemsize)
+        bound = self._bounds.get((k, h, w, flags))
+        if bound is None:
+            lim = self._limits
+            if not (
+                0 < h <= lim.max_height and 0 < w <= lim.max_width and 0 < k <= self.k
+                and k * h * w <= lim.max_entries and not flags & ~fmt.KNOWN_RECORD_FLAGS
+            ):
+                fmt.parse_record_header(rec, self.k, lim)  # raises with the precise reason
+            bound = self.codec.max_body_size(k, h, w, flags, self._index_itemsize)
+            if len(self._bounds) < 4096:  # a constant per record shape
+                self._bounds[(k, h, w, flags)] = bound
+        return h, w, k, flags, bound
+
+    def _frame(self, rec: bytes | memoryview, bound: int, key: str) -> bytes:
+        """The body of a record's zstd frame, its declared sizes checked before decompressing
+        (R22, R22a) and the frame required to be exactly one complete frame (R23)."""
         frame = memoryview(rec)[fmt.RECORD_HEADER_SIZE :]
         try:
             declared = zstandard.frame_content_size(frame)
-            if declared < 0 or declared > bound:  # -1: the frame does not declare its size
-                raise CorruptRecordError(
-                    f"record {key!r} declares {declared} bytes; a frame must declare at most {bound}"
-                )
-            if declared > lim.expansion_floor + lim.max_expansion * len(frame):
-                raise CorruptRecordError(
-                    f"record {key!r} declares {declared} bytes from a {len(frame)}-byte frame "
-                    f"(more than {lim.max_expansion}x expansion)"
-                )
-            dobj = self._decompressor().decompressobj()
-            body = dobj.decompress(frame)
-            if not dobj.eof or dobj.unused_data:
-                raise CorruptRecordError(f"record {key!r} is not exactly one complete zstd frame")
         except zstandard.ZstdError as exc:
-            raise CorruptRecordError(f"record {key!r} does not decompress: {exc}") from None
-        return h, w, k, flags, body
+            raise CorruptRecordError(f"record {key!r} does not start a zstd frame: {exc}") from None
+        if declared < 0 or declared > bound:  # -1: the frame does not declare its size
+            raise CorruptRecordError(f"record {key!r} declares {declared} bytes; a frame must declare at most {bound}")
+        lim = self._limits
+        if declared > lim.expansion_floor + lim.max_expansion * len(frame):
+            raise CorruptRecordError(
+                f"record {key!r} declares {declared} bytes from a {len(frame)}-byte frame "
+                f"(more than {lim.max_expansion}x expansion)"
+            )
+        dctx = getattr(self._tls, "dctx", None)
+        if dctx is None:
+            dctx = self._decompressor()
+        try:  # one-shot: refuses truncated frames and any bytes after the first frame
+            body = dctx.decompress(frame, max_output_size=declared, allow_extra_data=False)
+        except zstandard.ZstdError as exc:
+            raise CorruptRecordError(f"record {key!r} is not exactly one complete zstd frame: {exc}") from None
+        if len(body) != declared:
+            raise CorruptRecordError(f"record {key!r} decompresses to {len(body)} bytes, its frame declares {declared}")
+        return body
+
+    def decompress(self, rec: bytes | memoryview, key: str) -> tuple[int, int, int, int, bytes]:
+        """``(h, w, k, flags, body)`` of a record, every declared size checked before decompressing."""
+        h, w, k, flags, bound = self._check_header(rec, key)
+        return h, w, k, flags, self._frame(rec, bound, key)
 
     def decode(self, rec: bytes | memoryview, key: str) -> LabelMap:
         """The :class:`LabelMap` of a record; :class:`CorruptRecordError` when it breaks a rule."""
-        return self.decode_body(*self.decompress(rec, key), key)
+        h, w, k, flags, bound = self._check_header(rec, key)
+        return self.decode_body(h, w, k, flags, self._frame(rec, bound, key), key)
 
     def decode_body(self, h: int, w: int, k: int, flags: int, body: bytes, key: str) -> LabelMap:
-        """The :class:`LabelMap` of a decompressed record body (see :meth:`decompress`)."""
+        """The :class:`LabelMap` of a decompressed record body (see :meth:`decompress`), checked
+        against R24-R25: shapes and dtypes, class indices, finite scores and lse, counts."""
         try:
-            arrays = self.codec.decode(body, k, h, w, flags, self._index_dtype)
+            idx, sc, counts, lse = self.codec.decode(body, k, h, w, flags, self._index_dtype)
         except RelabelMapsError as exc:
             raise CorruptRecordError(f"record {key!r}: {exc}") from None
         except Exception as exc:  # a codec must not let low-level errors escape
             raise CorruptRecordError(f"record {key!r} does not decode: {exc}") from None
-        idx, sc, counts, lse = arrays
         shape = (k, h, w)
-        if idx.shape != shape or sc.shape != shape or idx.dtype != self._index_dtype or sc.dtype != np.float32:
+        if idx.shape != shape or sc.shape != shape or idx.dtype != self._index_dtype or sc.dtype != _F32:
             raise CorruptRecordError(f"record {key!r} decodes to the wrong shape or dtype")
         if self._check_range and int(idx.max()) >= self.num_classes:
             raise CorruptRecordError(f"record {key!r} has a class index >= {self.num_classes}")
-        if not np.isfinite(sc).all():
+        if self._check_finite and not np.isfinite(sc).all():
             raise CorruptRecordError(f"record {key!r} has non-finite scores")
         if flags & FLAG_COUNTS:
             if counts is None or counts.shape != (h, w) or counts.dtype != np.uint8:
@@ -293,9 +317,9 @@ class RecordDecoder:
         elif counts is not None:
             raise CorruptRecordError(f"record {key!r} decodes counts without the flag")
         if flags & FLAG_LSE:
-            if lse is None or lse.shape != (h, w) or lse.dtype != np.float32:
+            if lse is None or lse.shape != (h, w) or lse.dtype != _F32:
                 raise CorruptRecordError(f"record {key!r} has a malformed lse")
-            if not np.isfinite(lse).all():
+            if self._check_finite and not np.isfinite(lse).all():
                 raise CorruptRecordError(f"record {key!r} has a non-finite lse")
         elif lse is not None:
             raise CorruptRecordError(f"record {key!r} decodes an lse without the flag")
@@ -392,6 +416,7 @@ class Reader(LabelMaps):
         self._offsets: list[int] = rows["offset"].tolist()
         self._nbytes: list[int] = rows["nbytes"].tolist()
         self._crcs: list[int] = rows["crc32"].tolist()
+        self._spans: list[tuple[int, int]] = list(zip(self._offsets, self._nbytes))
         self._pid = os.getpid()
         self._decoder = RecordDecoder(
             num_classes=self.num_classes, k=self.k, score_kind=self.score_kind, codec=self.codec,
@@ -477,8 +502,9 @@ class Reader(LabelMaps):
             src.check_fork()
             self._decoder.reset()
             self._pid = os.getpid()
-        n = self._nbytes[i]
-        rec = src.read(self._offsets[i], n)
+        offset, n = self._spans[i]
+        mm = src._mm
+        rec = mm[offset : offset + n] if mm is not None else src.read(offset, n)
         if len(rec) != n:
             raise CorruptRecordError(f"record of {self._keys[i]!r} is truncated")
         return rec

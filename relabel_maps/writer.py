@@ -34,9 +34,13 @@ _DICT_MIN_SAMPLES = 8
 _JOURNAL_VERSION = 1
 
 
-def _default_encoding() -> str:
+def _default_encoding(score_kind: str = "logits") -> str:
+    """``"compact"`` for logits (its fixed 1/128 step suits logits) when available, else ``"f16"``;
+    always ``"f16"`` for probabilities, whose small values a fixed absolute step would flatten."""
     from .codecs import CODECS, _load_builtin
 
+    if score_kind == "probabilities":
+        return "f16"
     _load_builtin()
     return "compact" if "compact" in CODECS else "f16"
 
@@ -135,7 +139,8 @@ class Writer:
     Args:
         num_classes: size of the class set; ``k``: entries stored per location (at most).
         score_kind: ``"logits"`` or ``"probabilities"``.
-        encoding: a codec name or spec (default ``"compact"`` when available, else ``"f16"``).
+        encoding: a codec name or spec (default: ``"compact"`` for logits when available, else ``"f16"``;
+            ``"f16"`` for probabilities).
         teacher: teacher description (``name``, ``weights``, ``input_size``, ``resize``, ``mean``,
             ``std``, ``grid``); missing fields are stored as null.
         class_set / class_names: class-set id and optional list of ``num_classes`` names.
@@ -185,7 +190,7 @@ class Writer:
         self.level = int(level)
         self.dictionary_mode: bool | str = dictionary
         self.resume, self.overwrite = bool(resume), bool(overwrite)
-        self.codec = get_codec(encoding if encoding is not None else _default_encoding())
+        self.codec = get_codec(encoding if encoding is not None else _default_encoding(score_kind))
         self._index_dtype = fmt.index_dtype_for(self.num_classes)
         self._metadata = self._build_metadata(teacher, class_set, class_names, metadata)
 

@@ -78,6 +78,21 @@ def test_default_encoding_is_compact_when_registered(tmp_path):
         assert maps["a"].shape == (K, 6, 7)
 
 
+
+def test_default_encoding_for_probabilities_is_f16(tmp_path):
+    p = tmp_path / "p.rlm"
+    idx, sc = sample(2)
+    probs = np.exp(sc - 12.0).astype(np.float32)  # small probabilities: ~1e-8 .. 1e-2
+    with rm.Writer(p, num_classes=C, k=K, score_kind="probabilities") as w:
+        w.add("a", idx, probs)
+    with rm.open(p) as maps:
+        assert maps.metadata["encoding"] == {"name": "f16"}
+        got = maps["a"].scores
+        want = np.sort(probs, axis=0)[::-1]
+        # float16 keeps the relative precision of small values (a fixed absolute step would not)
+        np.testing.assert_allclose(got, want, rtol=2.0**-10, atol=6e-8)
+        assert float(np.abs(got - want).max()) > 0.0  # lossy: f16, not f32
+
 @pytest.mark.parametrize("dictionary", [False, True, "auto"])
 def test_same_adds_give_same_bytes(tmp_path, dictionary):
     a, b = tmp_path / "a.rlm", tmp_path / "b.rlm"

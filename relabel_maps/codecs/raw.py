@@ -8,6 +8,7 @@ first, then the next byte plane, ..., which lets zstd see the smooth high bytes 
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,8 @@ from . import FLAG_COUNTS, FLAG_LSE, RecordArrays, register_codec
 
 __all__ = ["RawCodec", "shuffle_bytes", "unshuffle_bytes"]
 
+_LITTLE = sys.byteorder == "little"
+
 
 def shuffle_bytes(a: np.ndarray) -> bytes:
     """Little-endian byte planes of ``a`` (plane 0 = least significant bytes)."""
@@ -24,11 +27,21 @@ def shuffle_bytes(a: np.ndarray) -> bytes:
     return le.view(np.uint8).reshape(-1, le.itemsize).T.tobytes()
 
 
-def unshuffle_bytes(buf: bytes | memoryview, dtype: np.dtype, count: int) -> np.ndarray:
+def unshuffle_bytes(buf: bytes | memoryview | np.ndarray, dtype: np.dtype, count: int) -> np.ndarray:
     """Inverse of :func:`shuffle_bytes` for ``count`` values of ``dtype``."""
-    dt = np.dtype(dtype).newbyteorder("<")
-    planes = np.frombuffer(buf, dtype=np.uint8, count=count * dt.itemsize).reshape(dt.itemsize, count)
-    return np.ascontiguousarray(planes.T).view(dt).reshape(count).astype(np.dtype(dtype).newbyteorder("="), copy=False)
+    dt = np.dtype(dtype)
+    size = dt.itemsize
+    planes = np.frombuffer(buf, dtype=np.uint8, count=count * size)
+    if size == 1:
+        return planes.view(dt).copy()
+    if size == 2:  # two byte planes: combining them beats a strided byte transpose
+        out = planes[count:].astype(np.uint16)
+        out <<= 8
+        out |= planes[:count]
+        return out.view(dt.newbyteorder("="))
+    le = dt.newbyteorder("<")
+    out = np.ascontiguousarray(planes.reshape(size, count).T).view(le).reshape(count)
+    return out if le.isnative else out.astype(dt.newbyteorder("="))
 
 
 class RawCodec:
@@ -62,23 +75,34 @@ class RawCodec:
 
     def decode(self, body: bytes | memoryview, k: int, h: int, w: int, flags: int, index_dtype: np.dtype) -> RecordArrays:
         index_dtype = np.dtype(index_dtype)
-        expected = self.max_body_size(k, h, w, flags, index_dtype.itemsize)
+        isize, ssize = index_dtype.itemsize, self.score_dtype.itemsize
+        n, m = k * h * w, h * w
+        expected = n * (isize + ssize) + (m if flags & FLAG_COUNTS else 0) + (4 * m if flags & FLAG_LSE else 0)
         if len(body) != expected:
             raise CorruptRecordError(f"{self.name} body is {len(body)} bytes, expected {expected}")
-        n, m = k * h * w, h * w
-        mv = memoryview(body)
-        pos = 0
-        indices = unshuffle_bytes(mv[pos : pos + n * index_dtype.itemsize], index_dtype, n).reshape(k, h, w)
-        pos += n * index_dtype.itemsize
-        nbytes = n * self.score_dtype.itemsize
-        scores = unshuffle_bytes(mv[pos : pos + nbytes], self.score_dtype, n).astype(np.float32).reshape(k, h, w)
-        pos += nbytes
+        buf = np.frombuffer(body, dtype=np.uint8)
+        if isize == ssize == 2:  # uint16 indices + float16 scores: four byte planes of n values
+            planes = buf[: 4 * n].reshape(2, 2, n)  # (indices | scores, low | high byte, value)
+            hi = planes[:, 1].astype(np.uint16)
+            hi <<= 8
+            hi |= planes[:, 0]
+            indices = hi[0].reshape(k, h, w)
+            scores = hi[1].view(np.float16).astype(np.float32).reshape(k, h, w)
+        else:
+            indices = unshuffle_bytes(buf[: n * isize], index_dtype, n).reshape(k, h, w)
+            scores = unshuffle_bytes(buf[n * isize : n * (isize + ssize)], self.score_dtype, n)
+            scores = scores.astype(np.float32, copy=False).reshape(k, h, w)
+        pos = n * (isize + ssize)
         counts = lse = None
         if flags & FLAG_COUNTS:
-            counts = np.frombuffer(mv[pos : pos + m], dtype=np.uint8).reshape(h, w).copy()
+            counts = buf[pos : pos + m].reshape(h, w).copy()
             pos += m
         if flags & FLAG_LSE:
-            lse = unshuffle_bytes(mv[pos : pos + 4 * m], np.float32, m).reshape(h, w)
+            planes = buf[pos : pos + 4 * m].reshape(4, m)
+            if _LITTLE:  # the byte transpose is the whole decode
+                lse = np.ascontiguousarray(planes.T).view(np.float32).reshape(h, w)
+            else:
+                lse = unshuffle_bytes(planes, np.float32, m).reshape(h, w)
         return RecordArrays(indices, scores, counts, lse)
 
 
