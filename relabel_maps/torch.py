@@ -61,6 +61,7 @@ __all__ = [
     "CropBox",
     "RandomResizedCropWithBox",
     "RandomHorizontalFlipWithBox",
+    "transform_with_box",
     "pool_batch",
     "LabelMapBatch",
     "stack_label_maps",
@@ -184,8 +185,7 @@ class CropBox(tv_tensors.TVTensor):
     @classmethod
     def like(cls, image: Any) -> "CropBox":
         """The identity box of an image (PIL image, or tensor ``(..., H, W)``)."""
-        h, w = TF.get_size(image)
-        return cls.from_size(w, h)
+        return cls._make(_identity_state(image))
 
     @staticmethod
     def _make(values: Sequence[float]) -> "CropBox":
@@ -221,6 +221,22 @@ class CropBox(tv_tensors.TVTensor):
 
 
 _SQUASH_FRAME = TeacherFrame()
+
+# A box "state" is the plain list of the nine CropBox values; the fast lane (``_track``) carries it
+# through a pipeline without building tensors, the v2 kernels below wrap it in a CropBox.
+BoxState = list  # [x0, y0, x1, y1, canvas_w, canvas_h, flip, image_w, image_h]
+
+
+def _identity_state(image: Any) -> BoxState:
+    """The identity box state of an image (PIL image, or tensor ``(..., H, W)``)."""
+    if isinstance(image, _PIL_IMAGE):
+        w, h = image.size
+    elif isinstance(image, torch.Tensor):
+        h, w = image.shape[-2], image.shape[-1]
+    else:
+        h, w = TF.get_size(image)
+    w, h = float(w), float(h)
+    return [0.0, 0.0, w, h, w, h, 0.0, w, h]
 
 
 def _crop_state(v: list[float], top: float, left: float, height: float, width: float) -> list[float]:
@@ -263,11 +279,16 @@ def _resize_box(box: CropBox, size: Any, interpolation: Any = None, max_size: in
     return CropBox._make(v)
 
 
+def _resized_crop_state(v: BoxState, top: int, left: int, height: int, width: int, size: Any) -> BoxState:
+    """State after ``resized_crop`` (a crop, then a resize to ``size``)."""
+    v = _crop_state(v, top, left, height, width)
+    v[4], v[5] = _resized_size(v[4], v[5], size, None)
+    return v
+
+
 @TF.register_kernel(TF.resized_crop, CropBox)
 def _resized_crop_box(box: CropBox, top: int, left: int, height: int, width: int, size: Any, **_: Any) -> CropBox:
-    v = _crop_state(box.state(), top, left, height, width)
-    v[4], v[5] = _resized_size(v[4], v[5], size, None)
-    return CropBox._make(v)
+    return CropBox._make(_resized_crop_state(box.state(), top, left, height, width, size))
 
 
 @TF.register_kernel(TF.center_crop, CropBox)
@@ -322,40 +343,97 @@ def _with_box(inputs: tuple[Any, ...]) -> tuple[Any, ...]:
     return (inputs[0], CropBox.like(inputs[0]))
 
 
-def _image_box_pair(inputs: tuple[Any, ...]) -> tuple[Any, CropBox] | None:
-    """``(image, box)`` when the inputs are exactly one image and its box (bare or as one tuple)."""
+def _image_and_state(inputs: tuple[Any, ...]) -> tuple[Any, BoxState] | None:
+    """``(image, state)`` when the inputs are one image, or one image and its box (bare or as one
+    tuple); ``None`` for anything else (left to the generic v2 dispatch)."""
     if len(inputs) == 1 and isinstance(inputs[0], tuple):
         inputs = inputs[0]
+    if len(inputs) == 1 and isinstance(inputs[0], (torch.Tensor, _PIL_IMAGE)) and not isinstance(inputs[0], CropBox):
+        return inputs[0], _identity_state(inputs[0])
     if len(inputs) == 2 and isinstance(inputs[1], CropBox) and isinstance(inputs[0], (torch.Tensor, _PIL_IMAGE)):
-        return inputs[0], inputs[1]
+        return inputs[0], inputs[1].state()
     return None
 
 
-class RandomResizedCropWithBox(v2.RandomResizedCrop):
+class _TracksBox:
+    """Mixin of the box-returning transforms: ``track(image, state)`` applies the transform to the
+    image and returns the updated box state, with the same random draws as the v2 transform and no
+    CropBox dispatch; ``forward`` uses it whenever the inputs are one image (and its box)."""
+
+    def track(self, image: Any, state: BoxState) -> tuple[Any, BoxState]:
+        raise NotImplementedError
+
+    def forward(self, *inputs: Any) -> Any:
+        pair = _image_and_state(inputs)
+        if pair is None:
+            return super().forward(*_with_box(inputs))  # type: ignore[misc]
+        image, state = self.track(*pair)
+        return image, CropBox._make(state)
+
+
+class RandomResizedCropWithBox(_TracksBox, v2.RandomResizedCrop):
     """``v2.RandomResizedCrop`` that also returns the crop: ``image -> (image, CropBox)``.
 
     Accepts PIL images and tensors; given ``(image, CropBox)`` it updates the box like any v2
     transform. Same arguments as :class:`torchvision.transforms.v2.RandomResizedCrop`."""
 
-    def forward(self, *inputs: Any) -> Any:
-        if len(inputs) == 1 and isinstance(inputs[0], (torch.Tensor, _PIL_IMAGE)):
-            image = inputs[0]  # the common case, without the generic pytree round trip
-            params = self.make_params([image])
-            box = _resized_crop_box(CropBox.like(image), **params, size=self.size)
-            return self.transform(image, params), box
-        return super().forward(*_with_box(inputs))
+    def track(self, image: Any, state: BoxState) -> tuple[Any, BoxState]:
+        params = self.make_params([image])
+        return self.transform(image, params), _resized_crop_state(state, **params, size=self.size)
 
 
-class RandomHorizontalFlipWithBox(v2.RandomHorizontalFlip):
+class RandomHorizontalFlipWithBox(_TracksBox, v2.RandomHorizontalFlip):
     """``v2.RandomHorizontalFlip`` that records the flip: ``image | (image, CropBox) -> (image, CropBox)``."""
 
-    def forward(self, *inputs: Any) -> Any:
-        pair = _image_box_pair(inputs)
-        if pair is None:
-            return super().forward(*_with_box(inputs))
+    def track(self, image: Any, state: BoxState) -> tuple[Any, BoxState]:
         if torch.rand(1) >= self.p:  # the same random draw as the v2 transform
-            return pair
-        return self.transform(pair[0], {}), _hflip_box(pair[1])
+            return image, state
+        state = list(state)
+        state[6] = 1.0 - state[6]
+        return self.transform(image, {}), state
+
+
+# v2 transforms that never move pixels: the fast lane gives them the image alone (a CropBox would
+# pass through them unchanged; their random draws do not depend on it).
+_IMAGE_ONLY = tuple(
+    getattr(v2, name) for name in (
+        "ToImage", "PILToTensor", "ToPureTensor", "ToDtype", "ConvertImageDtype", "Normalize", "RGB", "Grayscale",
+        "RandomGrayscale", "ColorJitter", "RandomPhotometricDistort", "RandomChannelPermutation", "GaussianBlur",
+        "GaussianNoise", "RandomInvert", "RandomPosterize", "RandomSolarize", "RandomAdjustSharpness",
+        "RandomAutocontrast", "RandomEqualize",
+    ) if hasattr(v2, name)
+)
+
+
+def _track(transform: Callable[..., Any], image: Any, state: BoxState) -> tuple[Any, BoxState]:
+    """Run ``transform`` on ``image`` and follow the box. Box-returning transforms, ``v2.Compose``
+    and pixel-value transforms take the fast lane; anything else is called as
+    ``transform(image, CropBox)`` through the v2 dispatch and must return ``(image, CropBox)``."""
+    if isinstance(transform, _TracksBox):
+        return transform.track(image, state)
+    kind = type(transform)
+    if kind is v2.Compose:
+        for t in transform.transforms:  # type: ignore[attr-defined]
+            image, state = _track(t, image, state)
+        return image, state
+    if kind in _IMAGE_ONLY:
+        return transform(image), state
+    out = transform(image, CropBox._make(state))
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], CropBox)):
+        raise InvalidArgumentError(
+            f"{kind.__name__} must be a torchvision.transforms.v2 transform returning (image, CropBox) "
+            "when called as transform(image, CropBox)"
+        )
+    return out[0], out[1].state()
+
+
+def transform_with_box(transform: Callable[..., Any], image: Any, box: CropBox | None = None) -> tuple[Any, CropBox]:
+    """``(image, CropBox)`` after ``transform``, as ``transform(image, box)`` would give with a v2
+    pipeline (same pixels, same box, same random draws), but cheaper: the box-returning transforms,
+    ``v2.Compose`` and pixel-value transforms (ToImage, ToDtype, Normalize, ColorJitter, ...) are
+    run without passing a CropBox through the v2 dispatch. ``box`` defaults to the whole image."""
+    image, state = _track(transform, image, _identity_state(image) if box is None else box.state())
+    return image, CropBox._make(state)
 
 
 # ============================================================================ batched pooling
@@ -650,7 +728,9 @@ def image_folder_key(dataset: Any, index: int) -> str:
     """Key of a torchvision ``ImageFolder``/``DatasetFolder`` sample: its path relative to the root,
     with ``/`` separators (``"n01440764/n01440764_10026.JPEG"``)."""
     path = dataset.samples[index][0]
-    return os.path.relpath(path, dataset.root).replace(os.sep, "/")
+    root = os.path.join(dataset.root, "")  # ImageFolder joins its root and the relative path
+    rel = path[len(root):] if path.startswith(root) else os.path.relpath(path, dataset.root)
+    return rel if os.sep == "/" else rel.replace(os.sep, "/")
 
 
 @dataclass
@@ -676,8 +756,10 @@ class LabelMapDataset(torch.utils.data.Dataset):
         maps: path of a label-map file/folder (opened lazily in each worker; picklable for spawn), or
             an opened mapping of key -> :class:`~relabel_maps.LabelMap`.
         key_fn: ``key_fn(dataset, index) -> key``; defaults to :func:`image_folder_key`.
-        transform: a ``torchvision.transforms.v2`` transform, called as ``transform(image, CropBox)``
-            so that its geometric steps update the crop box. ``None``: the whole image.
+        transform: a ``torchvision.transforms.v2`` transform whose geometric steps update the crop
+            box, applied as :func:`transform_with_box` does (the box-returning transforms, ``v2.Compose``
+            and pixel-value steps skip the CropBox dispatch; other steps are called as
+            ``step(image, CropBox)``). ``None``: the whole image.
         mode: ``"pool"`` yields ``(image, soft_label)`` pooled on the CPU in the worker; ``"box"``
             yields ``(image, box, flip, index)`` (pool later, e.g. with :meth:`gather`);
             ``"map"`` yields ``(image, SparseLabel)`` for :func:`collate_label_maps` and pooling on the
@@ -744,34 +826,25 @@ class LabelMapDataset(torch.utils.data.Dataset):
     def key(self, index: int) -> str:
         return self.key_fn(self.dataset, index)
 
-    def _image_and_box(self, image: Any) -> tuple[Any, CropBox]:
-        if isinstance(image, tuple) and len(image) == 2 and isinstance(image[1], CropBox):
-            image, crop = image  # the base dataset's transform already tracks the box
-        else:
-            crop = CropBox.like(image)
-        if self.transform is not None:
-            out = self.transform(image, crop)
-            if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], CropBox)):
-                raise InvalidArgumentError(
-                    "the transform must be a torchvision.transforms.v2 transform returning (image, CropBox)"
-                )
-            image, crop = out
-        return image, crop
-
     def __getitem__(self, index: int) -> tuple[Any, ...]:
         image, target = self.dataset[index]
-        image, crop = self._image_and_box(image)
-        box, flip = crop.to_frame(self.frame)
+        if isinstance(image, tuple) and len(image) == 2 and isinstance(image[1], CropBox):
+            image, state = image[0], image[1].state()  # the base dataset's transform already tracks the box
+        else:
+            state = _identity_state(image)
+        if self.transform is not None:
+            image, state = _track(self.transform, image, state)
+        frame = self._frame if self._frame is not None else self.frame
+        box, flip = frame.normalize(state[:4], (state[7], state[8])), state[6] > 0.5
         tail = (target,) if self.return_target else ()
         if self.mode == "box":
             return (image, torch.tensor(box, dtype=torch.float64), torch.tensor(flip), index) + tail
-        lm = self.maps[self.key(index)]
+        key = self.key_fn(self.dataset, index)
+        lm = (self._maps if self._maps is not None else self.maps)[key]
         if self.mode == "pool":
             soft = lm.pool(box, flip=flip, size=self.size, fill=self.fill, temperature=self.temperature)
             return (image, torch.from_numpy(np.ascontiguousarray(soft, dtype=np.float32))) + tail
-        label = SparseLabel(
-            lm.indices, lm.scores, box, flip, lm.num_classes, lm.score_kind, lm.lse, lm.counts, self.key(index)
-        )
+        label = SparseLabel(lm.indices, lm.scores, box, flip, lm.num_classes, lm.score_kind, lm.lse, lm.counts, key)
         return (image, label) + tail
 
     def gather(self, indices: Iterable[int], boxes: Any = None, flips: Any = None, device: Any = None) -> LabelMapBatch:

@@ -61,6 +61,17 @@ def _planes(buf: np.ndarray, pos: int, count: int, width: int) -> tuple[np.ndarr
     return buf[pos:end].reshape(width, count), end
 
 
+def _join(planes: np.ndarray) -> np.ndarray:
+    """Unsigned integers from little-endian byte ``planes`` of shape ``(width, count)``."""
+    if len(planes) == 1:
+        return planes[0]
+    out = planes[-1].astype(_WIDTHS[len(planes)])
+    for plane in planes[-2::-1]:
+        out <<= 8
+        out |= plane
+    return out
+
+
 def _values(planes: np.ndarray, base: float = 0.0) -> np.ndarray:
     """float64 values of shuffled byte ``planes`` (exact: below 2**32 + |base|)."""
     out = np.add(planes[-1], base / 256.0 ** (len(planes) - 1))
@@ -76,6 +87,8 @@ class CompactCodec:
 
     name = "compact"
     lossless = False
+    #: decoded scores and lse are integers times ``step`` below 2**42 steps: always finite
+    finite = True
 
     def __init__(self, step: float = DEFAULT_STEP, fine_ranks: int = DEFAULT_FINE_RANKS) -> None:
         try:
@@ -206,25 +219,25 @@ class CompactCodec:
         if size != expected:
             raise CorruptRecordError(f"compact body is {size} bytes, its header implies {expected}")
         pal_planes, pos = _planes(buf, pos, npal, wp)
-        pal_d = pal_planes[0] if wp == 1 else pal_planes.T.copy().view(_WIDTHS[wp]).ravel()
+        pal_d = _join(pal_planes)
         if not pal_d[1:].all():
             raise CorruptRecordError("compact palette is not strictly increasing")
-        palette = pal_d.astype(np.int64).cumsum()
+        palette = np.cumsum(pal_d, dtype=np.int64)
         if int(palette[-1]) >> (8 * index_dtype.itemsize):
             raise CorruptRecordError("compact palette holds a class index wider than the index type")
         id_planes, pos = _planes(buf, pos, nvalid, wi)
-        ids = id_planes[0] if wi == 1 else id_planes.T.copy().view(_WIDTHS[wi]).ravel()
+        ids = _join(id_planes)
         if ids.max() >= npal:
             raise CorruptRecordError("compact palette id out of range")
         score_planes, pos = _planes(buf, pos, nvalid, ws)
         palette = palette.astype(index_dtype)
         # products and sums below are exact in float64 (|values| < 2**42 steps), then rounded once
         if valid is None:
-            indices = palette.take(ids.astype(np.intp)).reshape(k, h, w)
+            indices = palette.take(ids).reshape(k, h, w)
             res = self._ranks(k, ws) @ score_planes.reshape(ws * k, m).astype(np.float64)
         else:
             indices = np.zeros((k, m), dtype=index_dtype)
-            indices[valid] = palette.take(ids.astype(np.intp))
+            indices[valid] = palette.take(ids)
             indices = indices.reshape(k, h, w)
             values = _values(score_planes)
             v = np.zeros((k, m))
