@@ -24,6 +24,7 @@ from .errors import (
 from .format import FORMAT_VERSION
 from .labelmap import LabelMap
 from .opener import open
+from .reader import LabelMaps
 from .writer import Writer
 
 __version__ = "0.1.0"
@@ -34,6 +35,7 @@ __all__ = [
     "open",
     "Writer",
     "LabelMap",
+    "LabelMaps",
     "RelabelMapsError",
     "FormatError",
     "UnsupportedVersionError",
