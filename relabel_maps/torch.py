@@ -15,6 +15,9 @@ This is the only module of the package that imports torch (and torchvision). A t
 Every geometric v2 transform (crop, resized crop, resize, centre crop, pad, horizontal flip) updates a
 :class:`CropBox` that travels next to the image, so the pooled region always matches the pixels the
 network sees; geometric transforms a box cannot follow (rotation, affine, vertical flip, ...) raise.
+:class:`LabelMapDataset` (and :func:`transform_with_box`) run the common pipeline without that
+dispatch: the box-returning transforms update a plain list and pixel-value steps get the image
+alone, so tracking the box costs about nothing over the stock transforms.
 :class:`TeacherFrame` turns the box into the normalised frame the annotating teacher saw (read from
 the file's ``teacher.resize`` / ``teacher.input_size`` metadata).
 
@@ -523,12 +526,14 @@ def _entry_values(
     return p, u
 
 
-def _finish(pooled: Tensor, fill: str) -> Tensor:
-    """Pooled values (class dim 1) -> probabilities: softmax for ``"zero"``, normalisation otherwise."""
+def _finish(pooled: Tensor, fill: str, dim: int = 1) -> Tensor:
+    """Pooled values (classes along ``dim``) -> probabilities: softmax for ``"zero"``, normalisation
+    otherwise. Classes should be the contiguous last dimension: torch's CPU float32 softmax over a
+    strided dimension is ~10x less accurate."""
     if fill == "zero":
-        return torch.softmax(pooled, dim=1)
-    tot = pooled.sum(1, keepdim=True)
-    return torch.where(tot > 0, pooled / tot.clamp(min=1e-30), torch.full_like(pooled, 1.0 / pooled.shape[1]))
+        return torch.softmax(pooled, dim=dim)
+    tot = pooled.sum(dim, keepdim=True)
+    return torch.where(tot > 0, pooled / tot.clamp(min=1e-30), torch.full_like(pooled, 1.0 / pooled.shape[dim]))
 
 
 def pool_batch(
@@ -545,7 +550,7 @@ def pool_batch(
     score_kind: str = "logits",
     sampling_ratio: int = -1,
     activate: bool = True,
-    dtype: torch.dtype = torch.float64,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Soft labels of a batch of crops, pooled from sparse top-k maps on any device.
 
@@ -561,9 +566,12 @@ def pool_batch(
         counts: ``(B, H, W)`` valid entries per location (variable k).
         activate: False returns the linearly pooled quantity (logits for ``fill="zero"`` on logits,
             probabilities otherwise) before the final softmax, for region arithmetic.
-        dtype: accumulation precision. float64 (default) keeps ``<= 1e-5`` agreement with the
-            numpy reference even for peaked maps (logits ~25); float32 is faster (much faster on
-            GPUs with slow float64), with errors up to a few 1e-5.
+        dtype: accumulation precision; ``None`` (default) picks, per fill mode, the cheapest one
+            that keeps ``<= 1e-5`` agreement with the numpy reference: float32 for ``"topk"`` and
+            ``"uniform"`` (values are probabilities in [0, 1]; errors ~1e-7) and float64 for
+            ``"zero"`` (pooled logits of ~25 in float32 are off by a few ulps, ~1e-5, which the
+            softmax passes on as probability errors of a few 1e-6, more for larger logits).
+            float32 for ``"zero"`` is ~1.5x faster on a CPU (more on GPUs with slow float64).
 
     Returns float32 ``(B, C)`` for ``size == 1`` else ``(B, C, S, S)``. The RoIAlign weights of every box are
     computed on the device and the ``B * S * S * k * H * W`` weighted entries are accumulated with one
@@ -580,6 +588,8 @@ def pool_batch(
         raise InvalidArgumentError("fill='uniform' uses the stored probabilities as they are; temperature must be 1.0")
     if isinstance(size, bool) or int(size) != size or size < 1:
         raise InvalidArgumentError(f"size must be a positive int, got {size!r}")
+    if dtype is None:
+        dtype = torch.float64 if fill == "zero" else torch.float32
     b, k, h, w = indices.shape
     s, c = int(size), int(num_classes)
     device = scores.device
@@ -612,10 +622,9 @@ def pool_batch(
     out = out.view(b, s * s, c)
     if base is not None:  # every class gets the unstored value u, stored ones were given v - u
         out = out + (weight.reshape(b, -1, h * w) @ base.reshape(b, h * w, 1))
-    out = out.transpose(1, 2)  # (B, C, S*S)
     if activate:
-        out = _finish(out, fill)
-    out = out.float()
+        out = _finish(out, fill, dim=2)
+    out = out.float().transpose(1, 2)  # (B, C, S*S)
     return out[:, :, 0] if s == 1 else out.reshape(b, c, s, s)
 
 
@@ -667,7 +676,7 @@ class LabelMapBatch:
         boxes: Tensor | None = None,
         activate: bool = True,
         sampling_ratio: int = -1,
-        dtype: torch.dtype = torch.float64,
+        dtype: torch.dtype | None = None,
     ) -> Tensor:
         """Soft labels ``(B, C)`` (or ``(B, C, S, S)``) over the batch's boxes (or ``boxes``); see
         :func:`pool_batch`."""
@@ -827,6 +836,17 @@ class LabelMapDataset(torch.utils.data.Dataset):
         return self.key_fn(self.dataset, index)
 
     def __getitem__(self, index: int) -> tuple[Any, ...]:
+        return self._with_label(index, *self._image_and_box(index))
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[Any, ...]]:
+        """A batch of samples, as the DataLoader fetches them: every image and box first, then the
+        batch's label maps in one tight loop (reading and pooling with warm caches costs several
+        times less than between image decodes). Same samples and random draws as ``__getitem__``."""
+        staged = [self._image_and_box(i) for i in indices]
+        return [self._with_label(i, *st) for i, st in zip(indices, staged)]
+
+    def _image_and_box(self, index: int) -> tuple[Any, Any, tuple[float, float, float, float], bool]:
+        """``(image, target, box, flip)``: the transformed image and its box in the teacher frame."""
         image, target = self.dataset[index]
         if isinstance(image, tuple) and len(image) == 2 and isinstance(image[1], CropBox):
             image, state = image[0], image[1].state()  # the base dataset's transform already tracks the box
@@ -835,7 +855,11 @@ class LabelMapDataset(torch.utils.data.Dataset):
         if self.transform is not None:
             image, state = _track(self.transform, image, state)
         frame = self._frame if self._frame is not None else self.frame
-        box, flip = frame.normalize(state[:4], (state[7], state[8])), state[6] > 0.5
+        return image, target, frame.normalize(state[:4], (state[7], state[8])), state[6] > 0.5
+
+    def _with_label(
+        self, index: int, image: Any, target: Any, box: tuple[float, float, float, float], flip: bool
+    ) -> tuple[Any, ...]:
         tail = (target,) if self.return_target else ()
         if self.mode == "box":
             return (image, torch.tensor(box, dtype=torch.float64), torch.tensor(flip), index) + tail

@@ -132,3 +132,27 @@ def test_random_crops_pool_over_their_own_boxes(folder):
     maps = relabel_maps.open(path)
     ref = np.stack([pool_dense(maps[k], tuple(b), flip=bool(f)) for k, b, f in zip(labels.keys, labels.boxes.tolist(), labels.flips)])
     np.testing.assert_allclose(labels.pool().numpy(), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["pool", "box", "map"])
+def test_batched_fetch_matches_single_samples(folder, mode):
+    """DataLoader's batched fetch (__getitems__: images first, then the labels) yields exactly the
+    samples, crops and random draws of __getitem__."""
+    images, path = folder
+    t = v2.Compose([RandomResizedCropWithBox(16), RandomHorizontalFlipWithBox(), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+    ds = LabelMapDataset(ImageFolder(images), path, transform=t, mode=mode, return_target=True)
+    order = [4, 0, 5, 2]
+    torch.manual_seed(3)
+    one = [ds[i] for i in order]
+    torch.manual_seed(3)
+    many = ds.__getitems__(order)
+    assert len(many) == len(order)
+    for a, b in zip(one, many):
+        assert torch.equal(a[0], b[0]) and a[-1] == b[-1]
+        if mode == "pool":
+            assert torch.equal(a[1], b[1])
+        elif mode == "box":
+            assert torch.equal(a[1], b[1]) and bool(a[2]) == bool(b[2]) and a[3] == b[3]
+        else:
+            assert a[1].key == b[1].key and a[1].box == b[1].box and a[1].flip == b[1].flip
+            assert np.array_equal(a[1].scores, b[1].scores)

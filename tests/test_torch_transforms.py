@@ -173,3 +173,35 @@ def test_box_transforms_match_the_stock_v2_transforms(as_tensor):
         b, box_b = stock(img, CropBox.like(img))
         assert np.array_equal(np.asarray(a), np.asarray(b))
         assert box_a.state() == box_b.state()
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_fast_lane_matches_the_v2_dispatch(as_tensor):
+    """transform_with_box (the dataset's path) gives the pixels, box and random draws of the same
+    pipeline run with a CropBox through the v2 dispatch, also with steps it must hand to v2."""
+    from relabel_maps.torch import transform_with_box
+
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (60, 80, 3), dtype=np.uint8))
+    if as_tensor:
+        img = v2.functional.pil_to_tensor(img)
+    pipelines = [
+        v2.Compose([RandomResizedCropWithBox(24), RandomHorizontalFlipWithBox(), v2.ToImage(),
+                    v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.2] * 3)]),
+        v2.Compose([v2.Resize(40), RandomHorizontalFlipWithBox(), v2.RandomCrop(30), v2.ColorJitter(0.4, 0.4),
+                    v2.Compose([RandomResizedCropWithBox(16, scale=(0.3, 1.0)), v2.RandomGrayscale(0.5)]),
+                    v2.RandomApply([v2.RandomHorizontalFlip(1.0)], p=0.5), v2.ToImage()]),
+    ]
+    for pipeline in pipelines:
+        for seed in range(6):
+            torch.manual_seed(seed)
+            a, box_a = transform_with_box(pipeline, img)
+            next_a = torch.rand(1)  # the same number of random draws
+            torch.manual_seed(seed)
+            b, box_b = pipeline(img, CropBox.like(img))
+            assert torch.equal(torch.rand(1), next_a)
+            assert torch.equal(torch.as_tensor(np.asarray(a)), torch.as_tensor(np.asarray(b)))
+            np.testing.assert_allclose(box_a.state(), box_b.state(), rtol=1e-12)
+    with pytest.raises(InvalidArgumentError):
+        transform_with_box(v2.Compose([v2.RandomVerticalFlip(1.0)]), img)
+    with pytest.raises(InvalidArgumentError):
+        transform_with_box(lambda image, box: image, img)
