@@ -154,6 +154,7 @@ def _print_info(meta: dict[str, Any], s: dict[str, Any]) -> None:
     t.add_row("files", str(len(s["files"])) if s["files"] else "-")
     t.add_row("total size", _fmt_bytes(s["total_bytes"]))
     t.add_row("bytes / image", _fmt_bytes(s["bytes_per_image"]))
+    t.add_row("record bytes / image", _fmt_bytes(s["record_bytes_per_image"]) + " (without metadata and index)")
     t.add_row("raw float32 / image", _fmt_bytes(s["raw_f32_bytes_per_image"]))
     ratio = s["compression_ratio"]
     t.add_row("compression ratio", f"{ratio:.2f}x" if ratio else "-")
