@@ -52,6 +52,7 @@ __all__ = [
     "KNOWN_RECORD_FLAGS",
     "TEACHER_KEYS",
     "check_major",
+    "check_version_string",
     "decode_keys",
     "assemble",
     "build_file",
@@ -143,6 +144,16 @@ def check_major(major: int, where: str) -> None:
             f"{where} declares format version {major}.x; this reader implements "
             f"{', '.join(f'{m}.x' for m in SUPPORTED_MAJORS)}"
         )
+
+
+def check_version_string(value: Any, where: str) -> tuple[int, int]:
+    """Parse a ``"MAJOR.MINOR"`` version string and reject an unsupported MAJOR."""
+    m = re.fullmatch(r"(\d+)\.(\d+)", value) if isinstance(value, str) else None
+    if m is None:
+        raise FormatError(f"{where} format_version must be 'MAJOR.MINOR', got {value!r}")
+    major, minor = int(m.group(1)), int(m.group(2))
+    check_major(major, where)
+    return major, minor
 
 
 def parse_header(buf: bytes) -> tuple[int, int]:
@@ -357,11 +368,7 @@ def check_metadata(meta: Mapping[str, Any], limits: Limits = LIMITS) -> None:
     missing = [k for k in REQUIRED_METADATA_KEYS if k not in meta]
     if missing:
         raise FormatError(f"metadata lacks required keys: {', '.join(missing)}")
-    fv = meta["format_version"]
-    m = re.fullmatch(r"(\d+)\.(\d+)", fv) if isinstance(fv, str) else None
-    if m is None:
-        raise FormatError(f"metadata format_version must be 'MAJOR.MINOR', got {fv!r}")
-    check_major(int(m.group(1)), "metadata")
+    check_version_string(meta["format_version"], "metadata")
     nc = meta["num_classes"]
     if not _is_int(nc) or not 1 <= nc <= limits.max_num_classes:
         raise FormatError(f"num_classes must be an integer in [1, {limits.max_num_classes}], got {nc!r}")

@@ -323,11 +323,7 @@ def read_index_json(data: bytes | str) -> dict[str, Any]:
         raise FormatError(f"shard index is not valid JSON: {exc}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("shards"), list) or not isinstance(obj.get("metadata"), dict):
         raise FormatError("shard index must be an object with 'shards' (list) and 'metadata' (object)")
-    fv = obj.get("format_version")
-    m = re.fullmatch(r"(\d+)\.(\d+)", fv) if isinstance(fv, str) else None
-    if m is None:
-        raise FormatError(f"shard index format_version must be 'MAJOR.MINOR', got {fv!r}")
-    fmt.check_major(int(m.group(1)), "shard index")
+    fmt.check_version_string(obj.get("format_version"), "shard index")
     seen = set()
     for entry in obj["shards"]:
         if not isinstance(entry, dict):
