@@ -15,7 +15,7 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
-from .errors import FormatError, UnsupportedVersionError
+from .errors import CorruptRecordError, FormatError, UnsupportedVersionError
 
 __all__ = [
     "FORMAT_VERSION",
@@ -54,6 +54,8 @@ __all__ = [
     "check_major",
     "check_version_string",
     "decode_keys",
+    "RECORD_HEADER_STRUCT",
+    "pack_footer",
     "assemble",
     "build_file",
 ]
@@ -73,8 +75,9 @@ _HEADER = struct.Struct("<8sHHI")
 # footer_offset, record_count, metadata_length, dictionary_length, index_length,
 # metadata_crc32, dictionary_crc32, index_crc32, major, minor, reserved, trailer_crc32, end magic
 _TRAILER = struct.Struct("<QQIIQIIIHHII8s")
-_RECORD = struct.Struct("<HHBBH")
-assert _HEADER.size == HEADER_SIZE and _TRAILER.size == TRAILER_SIZE and _RECORD.size == RECORD_HEADER_SIZE
+#: record header: height, width, k, flags, reserved
+RECORD_HEADER_STRUCT = struct.Struct("<HHBBH")
+assert _HEADER.size == HEADER_SIZE and _TRAILER.size == TRAILER_SIZE and RECORD_HEADER_STRUCT.size == RECORD_HEADER_SIZE
 
 #: One index row (little-endian): record offset, record length, record CRC32, key offset, key length.
 INDEX_DTYPE = np.dtype(
@@ -236,16 +239,14 @@ class RecordHeader(NamedTuple):
 
 
 def pack_record_header(height: int, width: int, k: int, flags: int) -> bytes:
-    return _RECORD.pack(height, width, k, flags, 0)
+    return RECORD_HEADER_STRUCT.pack(height, width, k, flags, 0)
 
 
 def parse_record_header(buf: bytes | memoryview, max_k: int, limits: Limits = LIMITS) -> RecordHeader:
     """Parse and check an 8-byte record header against the file's ``k`` and the hard limits."""
-    from .errors import CorruptRecordError
-
     if len(buf) < RECORD_HEADER_SIZE:
         raise CorruptRecordError("record shorter than its 8-byte header")
-    h, w, k, flags, _reserved = _RECORD.unpack_from(buf)
+    h, w, k, flags, _reserved = RECORD_HEADER_STRUCT.unpack_from(buf)
     if not (1 <= h <= limits.max_height and 1 <= w <= limits.max_width):
         raise CorruptRecordError(f"record grid {h}x{w} outside [1, {limits.max_height}]x[1, {limits.max_width}]")
     if not 1 <= k <= max_k:
@@ -391,16 +392,16 @@ def check_metadata(meta: Mapping[str, Any], limits: Limits = LIMITS) -> None:
 
 
 # ------------------------------------------------------------------------------------- assembly
-def assemble(
-    records_area: bytes,
+def pack_footer(
+    footer_offset: int,
+    record_count: int,
     metadata: bytes,
     dictionary: bytes,
     index: bytes,
-    record_count: int,
     version: tuple[int, int] = FORMAT_VERSION,
 ) -> bytes:
-    """Bytes of a whole file from its sections (records area without the header); CRCs computed."""
-    footer_offset = HEADER_SIZE + len(records_area)
+    """Bytes that follow a records area ending at ``footer_offset``: metadata, dictionary, index and
+    the trailer (CRCs computed)."""
     trailer = Trailer(
         footer_offset=footer_offset,
         record_count=record_count,
@@ -413,7 +414,20 @@ def assemble(
         major=version[0],
         minor=version[1],
     )
-    return pack_header(version) + records_area + metadata + dictionary + index + pack_trailer(trailer)
+    return metadata + dictionary + index + pack_trailer(trailer)
+
+
+def assemble(
+    records_area: bytes,
+    metadata: bytes,
+    dictionary: bytes,
+    index: bytes,
+    record_count: int,
+    version: tuple[int, int] = FORMAT_VERSION,
+) -> bytes:
+    """Bytes of a whole file from its sections (records area without the header); CRCs computed."""
+    footer = pack_footer(HEADER_SIZE + len(records_area), record_count, metadata, dictionary, index, version)
+    return pack_header(version) + records_area + footer
 
 
 def build_file(records: list[tuple[str, bytes]], metadata: Mapping[str, Any], dictionary: bytes = b"") -> bytes:

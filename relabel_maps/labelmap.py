@@ -7,18 +7,17 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .errors import InvalidLabelMapError
+from .format import SCORE_KINDS, index_dtype_for
 from .pooling import pool as _pool
 
 __all__ = ["LabelMap", "SCORE_KINDS"]
-
-SCORE_KINDS = ("logits", "probabilities")
 
 
 class LabelMap:
     """Top-k class scores at every location of an ``H x W`` grid.
 
     Attributes:
-        indices: ``(k, H, W)`` unsigned class indices (uint16, or uint32 when ``num_classes > 65535``),
+        indices: ``(k, H, W)`` unsigned class indices (uint16, or uint32 when ``num_classes > 65536``),
             ordered by descending score at every location.
         scores: ``(k, H, W)`` float32 scores matching ``indices``.
         num_classes: size ``C`` of the class set.
@@ -74,7 +73,7 @@ class LabelMap:
         location's entries by descending score."""
         if num_classes < 1:
             raise InvalidLabelMapError(f"num_classes must be >= 1, got {num_classes}")
-        index_dtype = np.uint16 if num_classes <= 65536 else np.uint32
+        index_dtype = index_dtype_for(num_classes)
         idx = np.asarray(indices)
         sc = np.asarray(scores, dtype=np.float32)
         if idx.ndim != 3 or sc.shape != idx.shape:
@@ -86,12 +85,11 @@ class LabelMap:
         idx = idx.astype(index_dtype)
         cnt = None if counts is None else np.asarray(counts).astype(np.uint8)
         if sort and idx.size:
-            order = np.argsort(-sc, axis=0, kind="stable")
+            keyed = -sc
             if cnt is not None:  # keep padding entries at the back
-                rank = np.arange(idx.shape[0])[:, None, None]
-                pad = rank >= cnt[None]
-                keyed = np.where(pad, np.inf, -sc)
-                order = np.argsort(keyed, axis=0, kind="stable")
+                pad = np.arange(idx.shape[0])[:, None, None] >= cnt[None]
+                keyed = np.where(pad, np.inf, keyed)
+            order = np.argsort(keyed, axis=0, kind="stable")
             idx = np.take_along_axis(idx, order, axis=0)
             sc = np.take_along_axis(sc, order, axis=0)
         lse_arr = None if lse is None else np.asarray(lse, dtype=np.float32)

@@ -25,11 +25,11 @@ def open(source: Source, *, verify: bool = False, **kwargs: Any) -> LabelMaps:  
             from .hub import open_hub
 
             return open_hub(path, verify=verify, **kwargs)
-        from .shards import INDEX_SUFFIX, open_folder, open_index
+        from .shards import open_folder, open_index
 
         if os.path.isdir(path):
             return open_folder(path, verify=verify)
-        if str(path).endswith(INDEX_SUFFIX) or str(path).endswith(".json"):
+        if str(path).endswith(".json"):  # NAME.index.json, or an index under another name
             return open_index(path, verify=verify)
     if kwargs:
         raise InvalidArgumentError(f"unexpected options for a local source: {', '.join(sorted(kwargs))}")

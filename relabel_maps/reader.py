@@ -34,7 +34,7 @@ from .labelmap import LabelMap
 __all__ = ["LabelMaps", "Reader", "RecordDecoder", "check_decoded", "open_file", "ZSTD_DICT_MAGIC"]
 
 ZSTD_DICT_MAGIC = b"\x37\xa4\x30\xec"
-_RECORD_HEADER = struct.Struct("<HHBBH")
+_RECORD_HEADER = fmt.RECORD_HEADER_STRUCT
 _F32 = np.dtype(np.float32)
 Source = Union[str, "os.PathLike[str]", BinaryIO, Callable[[], BinaryIO]]
 
@@ -272,9 +272,7 @@ class RecordDecoder:
                 f"record {key!r} declares {declared} bytes from a {len(frame)}-byte frame "
                 f"(more than {lim.max_expansion}x expansion)"
             )
-        dctx = getattr(self._tls, "dctx", None)
-        if dctx is None:
-            dctx = self._decompressor()
+        dctx = self._decompressor()
         try:  # one-shot: refuses truncated frames and any bytes after the first frame
             body = dctx.decompress(frame, max_output_size=declared, allow_extra_data=False)
         except zstandard.ZstdError as exc:
@@ -416,7 +414,6 @@ class Reader(LabelMaps):
         self._offsets: list[int] = rows["offset"].tolist()
         self._nbytes: list[int] = rows["nbytes"].tolist()
         self._crcs: list[int] = rows["crc32"].tolist()
-        self._spans: list[tuple[int, int]] = list(zip(self._offsets, self._nbytes))
         self._pid = os.getpid()
         self._decoder = RecordDecoder(
             num_classes=self.num_classes, k=self.k, score_kind=self.score_kind, codec=self.codec,
@@ -441,13 +438,15 @@ class Reader(LabelMaps):
         except TypeError:  # unhashable
             return False
 
-    def __getitem__(self, key: str) -> LabelMap:
-        lookup = self._lookup if self._lookup is not None else self._index()
+    def _find(self, key: str) -> int:
+        """Position of ``key`` in key order; :class:`MissingKeyError` when absent."""
         try:
-            i = lookup[key]
+            return (self._lookup if self._lookup is not None else self._index())[key]
         except (KeyError, TypeError):
             raise MissingKeyError(f"key {key!r} not found in {self.name}") from None
-        return self._record(i, key)
+
+    def __getitem__(self, key: str) -> LabelMap:
+        return self._record(self._find(key), key)
 
     def at(self, i: int) -> tuple[str, LabelMap]:
         """``(key, LabelMap)`` of the ``i``-th record in key order."""
@@ -460,10 +459,7 @@ class Reader(LabelMaps):
 
     def record_nbytes(self, key: str) -> int:
         """Stored size of a record in bytes (record header + compressed frame)."""
-        try:
-            return self._nbytes[self._index()[key]]
-        except (KeyError, TypeError):
-            raise MissingKeyError(f"key {key!r} not found in {self.name}") from None
+        return self._nbytes[self._find(key)]
 
     @property
     def name(self) -> str:
@@ -482,16 +478,10 @@ class Reader(LabelMaps):
     def read_record(self, key: str | int) -> bytes:
         """Stored bytes (record header + zstd frame) of record ``key``, or of the ``key``-th record
         in key order when ``key`` is an ``int``. The frame uses this file's :attr:`dictionary`."""
-        if isinstance(key, str):
-            try:
-                i = self._index()[key]
-            except KeyError:
-                raise MissingKeyError(f"key {key!r} not found in {self.name}") from None
-        else:
-            i = self._position(key)
+        i = self._find(key) if isinstance(key, str) else self._position(key)
         rec = self._read(i)
-        if self._verify_reads and fmt.crc32(rec) != self._crcs[i]:
-            raise CorruptRecordError(f"CRC32 mismatch in record {self._keys[i]!r}")
+        if self._verify_reads:
+            self._check_crc(i, rec)
         return rec
 
     def _read(self, i: int) -> bytes:
@@ -502,17 +492,21 @@ class Reader(LabelMaps):
             src.check_fork()
             self._decoder.reset()
             self._pid = os.getpid()
-        offset, n = self._spans[i]
+        offset, n = self._offsets[i], self._nbytes[i]
         mm = src._mm
         rec = mm[offset : offset + n] if mm is not None else src.read(offset, n)
         if len(rec) != n:
             raise CorruptRecordError(f"record of {self._keys[i]!r} is truncated")
         return rec
 
+    def _check_crc(self, i: int, rec: bytes) -> None:
+        if fmt.crc32(rec) != self._crcs[i]:
+            raise CorruptRecordError(f"CRC32 mismatch in record {self._keys[i]!r}")
+
     def _record(self, i: int, key: str) -> LabelMap:
         rec = self._read(i)
-        if self._verify_reads and fmt.crc32(rec) != self._crcs[i]:
-            raise CorruptRecordError(f"CRC32 mismatch in record {key!r}")
+        if self._verify_reads:
+            self._check_crc(i, rec)
         return self._decoder.decode(rec, key)
 
     # -------------------------------------------------------------------------- integrity
@@ -534,8 +528,7 @@ class Reader(LabelMaps):
         for i, key in enumerate(self._keys):
             try:
                 rec = self._read(i)
-                if fmt.crc32(rec) != self._crcs[i]:
-                    raise CorruptRecordError(f"CRC32 mismatch in record {key!r}")
+                self._check_crc(i, rec)
                 check_decoded(self._decoder.decode(rec, key))
             except RelabelMapsError as exc:
                 problems.append(str(exc))

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from . import format as fmt
-from .errors import FormatError, InvalidArgumentError, MissingKeyError, RelabelMapsError
+from .errors import CorruptRecordError, FormatError, InvalidArgumentError, MissingKeyError, RelabelMapsError
 from .labelmap import LabelMap
 from .reader import LabelMaps, Reader, Source
 
@@ -156,16 +156,19 @@ class ShardedReader(LabelMaps):
     def __len__(self) -> int:
         return int(self._ends[-1]) if len(self._ends) else 0
 
+    def _start(self, s: int) -> int:
+        """Dataset position of shard ``s``'s first record."""
+        return int(self._ends[s - 1]) if s else 0
+
     def _locate(self, pos: int) -> tuple[int, int]:
         s = int(np.searchsorted(self._ends, pos, side="right"))
-        start = int(self._ends[s - 1]) if s else 0
-        return s, pos - start
+        return s, pos - self._start(s)
 
     def _build_lookup(self, shards: Sequence[int]) -> dict[str, int]:
         """Key -> dataset position over ``shards``; :class:`FormatError` on a key held twice."""
         lookup: dict[str, int] = {}
         for s in shards:
-            base = int(self._ends[s - 1]) if s else 0
+            base = self._start(s)
             for j, key in enumerate(self.shard(s)._keys):
                 if lookup.setdefault(key, base + j) != base + j:
                     raise FormatError(f"key {key!r} appears in more than one shard ({self._names[s]})")
@@ -271,8 +274,6 @@ class ShardedReader(LabelMaps):
         except RelabelMapsError as exc:
             problems.append(str(exc))
         if strict and problems:
-            from .errors import CorruptRecordError
-
             raise CorruptRecordError(problems[0] + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
         return problems
 

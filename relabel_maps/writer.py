@@ -98,21 +98,9 @@ class _Shard:
         """Append the footer and trailer, fsync and close (the caller renames the file)."""
         assert self.file is not None
         index, _ = fmt.pack_index(self.entries)
-        trailer = fmt.Trailer(
-            footer_offset=self.pos,
-            record_count=len(self.entries),
-            metadata_length=len(metadata_bytes),
-            dictionary_length=len(dictionary),
-            index_length=len(index),
-            metadata_crc32=fmt.crc32(metadata_bytes),
-            dictionary_crc32=fmt.crc32(dictionary),
-            index_crc32=fmt.crc32(index),
-            major=fmt.FORMAT_VERSION[0],
-            minor=fmt.FORMAT_VERSION[1],
-        )
         self.file.seek(self.pos)
         self.file.truncate()
-        self.file.write(metadata_bytes + dictionary + index + fmt.pack_trailer(trailer))
+        self.file.write(fmt.pack_footer(self.pos, len(self.entries), metadata_bytes, dictionary, index))
         self.file.flush()
         os.fsync(self.file.fileno())
         self.close()
@@ -126,6 +114,13 @@ class _Shard:
 
 def _json_line(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def _without_dictionary_flag(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """``metadata`` minus ``compression.dictionary``, which depends on training, not on the arguments."""
+    meta = dict(metadata)
+    meta["compression"] = {k: v for k, v in meta["compression"].items() if k != "dictionary"}
+    return meta
 
 
 class Writer:
@@ -293,13 +288,16 @@ class Writer:
     def _final_single(self) -> Path:
         return self.folder / self.name
 
-    def _partial(self, i: int) -> Path:
+    def _hidden(self, i: int, suffix: str) -> Path:
+        """Hidden working file of shard ``i`` (of the single output when not sharded)."""
         base = f"{self.name}-{i:05d}.rlm" if self.sharded else self.name
-        return self.folder / f".{base}.partial"
+        return self.folder / f".{base}.{suffix}"
+
+    def _partial(self, i: int) -> Path:
+        return self._hidden(i, "partial")
 
     def _journal(self, i: int) -> Path:
-        base = f"{self.name}-{i:05d}.rlm" if self.sharded else self.name
-        return self.folder / f".{base}.journal"
+        return self._hidden(i, "journal")
 
     def _done_path(self, i: int) -> Path:
         return self.folder / f".{self.name}-{i:05d}.rlm.done"
@@ -335,8 +333,7 @@ class Writer:
         if not final.exists() or self._partial(1).exists() or self._done_path(1).exists():
             return False
         with open_maps(final) as maps:
-            stored = json.loads(_json_line(maps.metadata))
-            stored["compression"] = {k: v for k, v in stored["compression"].items() if k != "dictionary"}
+            stored = _without_dictionary_flag(json.loads(_json_line(maps.metadata)))
             if stored != json.loads(_json_line(self._config()["metadata"])):
                 raise WriterError(f"resume: {final} was written with different arguments")
             self._keys = set(maps)
@@ -362,10 +359,8 @@ class Writer:
 
     # ------------------------------------------------------------------------------ resume
     def _config(self) -> dict[str, Any]:
-        meta = dict(self._metadata)
-        meta["compression"] = {k: v for k, v in meta["compression"].items() if k != "dictionary"}
         return {
-            "metadata": meta,
+            "metadata": _without_dictionary_flag(self._metadata),
             "max_records": self.max_records,
             "max_bytes": self.max_bytes,
             "dictionary": self.dictionary_mode,
@@ -391,9 +386,7 @@ class Writer:
                     self._dict = r.dictionary
                 elif self._dict is None:
                     self._dict = b""
-                stored = dict(r.metadata)
-                stored["compression"] = {k: v for k, v in stored["compression"].items() if k != "dictionary"}
-                if stored != config["metadata"]:
+                if _without_dictionary_flag(r.metadata) != config["metadata"]:
                     raise WriterError(f"resume: {self._done_path(i)} was written with different arguments")
                 self._keys.update(r.keys())
                 self._done.append((self._done_path(i), len(r)))
@@ -534,15 +527,7 @@ class Writer:
         h, w, k, flags, body = decoder.decompress(rec, key)
         check_decoded(decoder.decode_body(h, w, k, flags, body, key))
         header = fmt.pack_record_header(h, w, k, flags)  # canonical: reserved field 0
-        self._keys.add(key)
-        if self._dict is None:
-            self._pending.append((key, header, body))
-            if len(self._pending) >= DICT_SAMPLES:
-                self._train_dictionary()
-        elif source_dict == self._dict:
-            self._write(key, header + rec[fmt.RECORD_HEADER_SIZE :])
-        else:
-            self._write(key, header + self._compress(body))
+        self._store(key, header, body, rec[fmt.RECORD_HEADER_SIZE :] if source_dict == self._dict else None)
 
     def _check_key(self, key: str) -> None:
         if self._closed:
@@ -577,14 +562,18 @@ class Writer:
         body = self.codec.encode(arrays)
         if len(body) > self.codec.max_body_size(k, h, w, arrays.flags, self._index_dtype.itemsize):
             raise WriterError(f"encoding {self.codec.name!r} produced a body above its declared bound")
-        header = fmt.pack_record_header(h, w, k, arrays.flags)
+        self._store(key, fmt.pack_record_header(h, w, k, arrays.flags), body)
+
+    def _store(self, key: str, header: bytes, body: bytes, frame: bytes | None = None) -> None:
+        """Write a record, or hold it until the dictionary is trained; ``frame`` is its already
+        compressed body when that was compressed with this writer's dictionary."""
         self._keys.add(key)
         if self._dict is None:
             self._pending.append((key, header, body))
             if len(self._pending) >= DICT_SAMPLES:
                 self._train_dictionary()
-            return
-        self._write(key, header + self._compress(body))
+        else:
+            self._write(key, header + (frame if frame is not None else self._compress(body)))
 
     def _compress(self, body: bytes) -> bytes:
         assert self._cctx is not None
@@ -629,11 +618,16 @@ class Writer:
             self._finish_shard()
             shard = None
         if shard is None:
-            i = len(self._done) + 1
-            shard = _Shard(self._partial(i), self._journal(i) if self.resume else None)
-            shard.create(self._journal_header() if self.resume else None)
-            self._shard = shard
+            shard = self._open_shard()
         shard.append(key, rec)
+
+    def _open_shard(self) -> _Shard:
+        """Create the partial file (and journal) of the next shard and make it current."""
+        i = len(self._done) + 1
+        shard = _Shard(self._partial(i), self._journal(i) if self.resume else None)
+        shard.create(self._journal_header() if self.resume else None)
+        self._shard = shard
+        return shard
 
     def _full(self, shard: _Shard, key: str, rec: bytes) -> bool:
         if self.max_records is not None and len(shard.entries) >= self.max_records:
@@ -684,9 +678,7 @@ class Writer:
             if self._shard is None and not self._done:
                 if self._cctx is None:
                     self._start_compressor()
-                i = 1
-                self._shard = _Shard(self._partial(i), self._journal(i) if self.resume else None)
-                self._shard.create(self._journal_header() if self.resume else None)
+                self._open_shard()
             if self._shard is not None:
                 self._finish_shard()
             self._written = self._publish()

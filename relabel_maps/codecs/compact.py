@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import CorruptRecordError, InvalidArgumentError, InvalidLabelMapError
 from . import FLAG_COUNTS, FLAG_LSE, RecordArrays, register_codec
-from . import raw as _raw  # noqa: F401  (registers f32/f16 too when this module is imported first)
+from .raw import shuffle_bytes  # importing raw also registers f32/f16 when this module is imported first
 
 __all__ = ["CompactCodec", "DEFAULT_STEP", "DEFAULT_FINE_RANKS"]
 
@@ -51,8 +51,7 @@ def _width(values: np.ndarray) -> int:
 
 def _put(values: np.ndarray, width: int) -> bytes:
     """``values`` as ``width``-byte little-endian integers, byte-shuffled (low byte plane first)."""
-    a = np.ascontiguousarray(values, dtype=_WIDTHS[width])
-    return a.tobytes() if width == 1 else a.view(np.uint8).reshape(-1, width).T.tobytes()
+    return shuffle_bytes(np.asarray(values, dtype=_WIDTHS[width]))
 
 
 def _planes(buf: np.ndarray, pos: int, count: int, width: int) -> tuple[np.ndarray, int]:

@@ -8,7 +8,6 @@ first, then the next byte plane, ..., which lets zstd see the smooth high bytes 
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import numpy as np
@@ -17,9 +16,6 @@ from ..errors import CorruptRecordError
 from . import FLAG_COUNTS, FLAG_LSE, RecordArrays, register_codec
 
 __all__ = ["RawCodec", "shuffle_bytes", "unshuffle_bytes"]
-
-_LITTLE = sys.byteorder == "little"
-
 
 def shuffle_bytes(a: np.ndarray) -> bytes:
     """Little-endian byte planes of ``a`` (plane 0 = least significant bytes)."""
@@ -77,7 +73,7 @@ class RawCodec:
         index_dtype = np.dtype(index_dtype)
         isize, ssize = index_dtype.itemsize, self.score_dtype.itemsize
         n, m = k * h * w, h * w
-        expected = n * (isize + ssize) + (m if flags & FLAG_COUNTS else 0) + (4 * m if flags & FLAG_LSE else 0)
+        expected = self.max_body_size(k, h, w, flags, isize)  # exact for raw bodies
         if len(body) != expected:
             raise CorruptRecordError(f"{self.name} body is {len(body)} bytes, expected {expected}")
         buf = np.frombuffer(body, dtype=np.uint8)
@@ -98,11 +94,7 @@ class RawCodec:
             counts = buf[pos : pos + m].reshape(h, w).copy()
             pos += m
         if flags & FLAG_LSE:
-            planes = buf[pos : pos + 4 * m].reshape(4, m)
-            if _LITTLE:  # the byte transpose is the whole decode
-                lse = np.ascontiguousarray(planes.T).view(np.float32).reshape(h, w)
-            else:
-                lse = unshuffle_bytes(planes, np.float32, m).reshape(h, w)
+            lse = unshuffle_bytes(buf[pos : pos + 4 * m], np.float32, m).reshape(h, w)
         return RecordArrays(indices, scores, counts, lse)
 
 
