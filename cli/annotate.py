@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
 from relabel_maps.annotate.decode import DEFAULT_MAX_PIXELS
+
+from .common import echo_json
 
 __all__ = ["annotate"]
 
@@ -163,72 +163,68 @@ def annotate(
       relabel-maps annotate imagenet/train maps/ --teacher efficientnet_l2 -b 128 --compile
       torchrun --nproc-per-node 8 --no-python relabel-maps annotate imagenet/train maps/ -t efficientnet_l2
     """
-    from relabel_maps.errors import RelabelMapsError
-
+    # Library errors (unknown teacher, bad shard, unreadable checkpoint, ...) become one-line
+    # messages in RelabelMapsGroup.invoke (cli/main.py), which also honours --debug.
     if random_init and checkpoint:
         raise click.UsageError("--random-init and --checkpoint exclude each other")
     if num_classes is not None and not random_init:
         raise click.UsageError("--num-classes only applies with --random-init")
     size = _size(input_size)
-    from relabel_maps.annotate.sources import SAMPLES
+    from relabel_maps.annotate.sources import resolve_source
 
-    if source != SAMPLES and not Path(source).exists():
+    if not resolve_source(source).exists():
         raise click.BadParameter(f"{source!r} does not exist (a folder, an image, or @samples)", param_hint="SOURCE")
-    try:
-        from relabel_maps.annotate import annotate as run, load_teacher
-        from relabel_maps.annotate.sources import parse_shard
+    import torch
 
-        shard_pair = parse_shard(shard)
-        import torch
+    from relabel_maps.annotate import annotate as run, load_teacher, parse_shard
 
-        if device is not None:
-            try:
-                dev = torch.device(device)
-            except RuntimeError:
-                raise click.BadParameter(f"{device!r} is not a torch device", param_hint="--device") from None
-            if dev.type == "cuda" and not torch.cuda.is_available():
-                raise click.ClickException("--device cuda requested but no CUDA device is available")
-        t = load_teacher(
-            teacher,
-            checkpoint=checkpoint,
-            pretrained=not random_init,
-            device="cpu",  # annotate() moves it to this rank's device
-            input_size=size,
-            resize=resize,
-            num_classes=num_classes,
-        )
-        summary = run(
-            source,
-            out,
-            t,
-            k=k,
-            batch_size=batch_size,
-            workers=workers,
-            device=device,
-            precision=precision,
-            compile=compile_,
-            encoding=encoding,
-            level=level,
-            store_lse=not no_lse,
-            max_records=max_records,
-            shard=shard_pair,
-            limit=limit,
-            globs=globs,
-            file_list=file_list,
-            failures=failures,
-            max_pixels=max_pixels,
-            gpu_decode=False if no_gpu_decode else None,
-            overwrite=overwrite,
-            progress=not quiet and not as_json and sys.stderr.isatty(),
-        )
-    except RelabelMapsError as exc:
-        raise click.ClickException(str(exc).strip().splitlines()[0]) from None
+    shard_pair = parse_shard(shard)
+    if device is not None:
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise click.BadParameter(f"{device!r} is not a torch device", param_hint="--device") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise click.ClickException("--device cuda requested but no CUDA device is available")
+    t = load_teacher(
+        teacher,
+        checkpoint=checkpoint,
+        pretrained=not random_init,
+        device="cpu",  # annotate() moves it to this rank's device
+        input_size=size,
+        resize=resize,
+        num_classes=num_classes,
+    )
+    summary = run(
+        source,
+        out,
+        t,
+        k=k,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        precision=precision,
+        compile=compile_,
+        encoding=encoding,
+        level=level,
+        store_lse=not no_lse,
+        max_records=max_records,
+        shard=shard_pair,
+        limit=limit,
+        globs=globs,
+        file_list=file_list,
+        failures=failures,
+        max_pixels=max_pixels,
+        gpu_decode=False if no_gpu_decode else None,
+        overwrite=overwrite,
+        progress=not quiet and not as_json and sys.stderr.isatty(),
+    )
     _report(summary.as_dict(), as_json)
 
 
 def _report(s: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(s, indent=2))
+        echo_json(s)
         return
     reasons = ", ".join(f"{r} {n}" for r, n in sorted(s["failure_reasons"].items()))
     click.echo(

@@ -48,8 +48,8 @@ def _folder(root: Path, n: int = 6) -> list[str]:
         sub = root / ("n0001" if i % 2 else "n0002")
         sub.mkdir(parents=True, exist_ok=True)
         ext = ".JPEG" if i % 3 else ".png"
-        Image.fromarray(_rgb(40 + 3 * i, 50 + 2 * i, i)).save(sub / f"img_{i}{ext}", quality=95) if ext == ".JPEG" \
-            else Image.fromarray(_rgb(40 + 3 * i, 50 + 2 * i, i)).save(sub / f"img_{i}{ext}")
+        save_kwargs = {"quality": 95} if ext == ".JPEG" else {}
+        Image.fromarray(_rgb(40 + 3 * i, 50 + 2 * i, i)).save(sub / f"img_{i}{ext}", **save_kwargs)
         keys.append(f"{sub.name}/img_{i}{ext}")
     return sorted(keys)
 
@@ -364,10 +364,10 @@ def test_packaged_teacher_on_skimage_photos(tmp_path):
 @pytest.fixture()
 def cli():
     click_testing = pytest.importorskip("click.testing")
-    from relabel_maps_cli.annotate import annotate as command
+    from relabel_maps_cli.main import main  # through the group: it turns library errors into one-line messages
 
     runner = click_testing.CliRunner()
-    return lambda *args: runner.invoke(command, [str(a) for a in args], catch_exceptions=False)
+    return lambda *args: runner.invoke(main, ["annotate", *map(str, args)], catch_exceptions=False)
 
 
 def test_cli_annotate_and_resume(tmp_path, cli):

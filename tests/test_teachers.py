@@ -91,17 +91,25 @@ def test_convnext_pre_logits_mlp():
     np.testing.assert_allclose(t.forward_maps(x)[0].numpy(), expected.numpy(), atol=1e-5)
 
 
-def test_vit_token_head_drops_class_and_register_tokens():
-    t = _teacher("vit_tiny_patch16_224", 48, depth=1, reg_tokens=2)
-    assert t.model.num_prefix_tokens == 3
-    x = _x(48, n=1)
+# Token models whose head is fc_norm + linear on each patch token; prefix = class + register tokens.
+TOKEN_FC_NORM = [
+    ("vit_tiny_patch16_224", 48, {"depth": 1, "reg_tokens": 2}, 3, (3, 3)),  # class + 2 register tokens
+    ("eva02_tiny_patch14_224", 28, {"depth": 1}, 1, (2, 2)),
+]
+
+
+@pytest.mark.parametrize("name,size,kwargs,prefix,grid", TOKEN_FC_NORM, ids=[g[0] for g in TOKEN_FC_NORM])
+def test_token_head_drops_prefix_tokens_and_applies_fc_norm(name, size, kwargs, prefix, grid):
+    t = _teacher(name, size, **kwargs)
+    assert t.model.num_prefix_tokens == prefix
+    x = _x(size, n=1)
     maps = t.forward_maps(x)
-    assert tuple(maps.shape) == (1, NC, 3, 3)
+    assert tuple(maps.shape) == (1, NC, *grid)
     with torch.no_grad():
-        tokens = t.model.forward_features(x)  # (1, 3 + 9, C), already normed
-        patch = tokens[0, 3:]  # row-major 3x3 grid
+        patch = t.model.forward_features(x)[0, prefix:]  # row-major patch grid, already normed
         expected = t.model.head(t.model.fc_norm(patch))
-    np.testing.assert_allclose(maps[0].permute(1, 2, 0).reshape(9, NC).numpy(), expected.numpy(), atol=1e-5)
+    np.testing.assert_allclose(maps[0].permute(1, 2, 0).reshape(grid[0] * grid[1], NC).numpy(), expected.numpy(),
+                               atol=1e-5)
 
 
 def test_deit_distilled_averages_both_heads():
@@ -112,17 +120,6 @@ def test_deit_distilled_averages_both_heads():
     with torch.no_grad():
         patch = t.model.forward_features(x)[0, 2:]
         expected = (t.model.head(patch) + t.model.head_dist(patch)) / 2
-    np.testing.assert_allclose(maps[0].permute(1, 2, 0).reshape(4, NC).numpy(), expected.numpy(), atol=1e-5)
-
-
-def test_eva_fc_norm_per_token():
-    t = _teacher("eva02_tiny_patch14_224", 28, depth=1)
-    x = _x(28, n=1)
-    maps = t.forward_maps(x)
-    assert tuple(maps.shape) == (1, NC, 2, 2)
-    with torch.no_grad():
-        patch = t.model.forward_features(x)[0, t.model.num_prefix_tokens :]
-        expected = t.model.head(t.model.fc_norm(patch))
     np.testing.assert_allclose(maps[0].permute(1, 2, 0).reshape(4, NC).numpy(), expected.numpy(), atol=1e-5)
 
 

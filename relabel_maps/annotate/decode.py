@@ -204,7 +204,7 @@ def load_item(
     except OSError as exc:
         return DecodedItem(index, key, path, "error", reason="unreadable", detail=str(exc))
     try:
-        if jpeg_passthrough and data[:2] == _JPEG_SOI and data.rstrip(b"\x00")[-2:] == _JPEG_EOI:
+        if jpeg_passthrough and data.startswith(_JPEG_SOI) and not _looks_truncated(data):
             img = _open_checked(data, max_pixels)
             if img.format == "JPEG" and img.mode in ("RGB", "L"):
                 return DecodedItem(index, key, path, "jpeg", data=torch.frombuffer(bytearray(data), dtype=torch.uint8))

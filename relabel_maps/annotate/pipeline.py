@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from ..errors import InvalidArgumentError, WriterError, require
 from .decode import DEFAULT_MAX_PIXELS, DecodedItem, decode_jpegs, load_item, load_rgb, resize_image
 from .sources import ImageItem, list_images, shard_items
@@ -103,10 +101,26 @@ def part_output_path(out: str | os.PathLike[str], part: int, parts: int, max_rec
     p = Path(out)
     if parts == 1:
         return p
-    tag = f"part{part:05d}of{parts:05d}"
+    tag = _part_tag(part, parts)
     if p.suffix == ".rlm":
         return p.with_name(f"{p.stem}.{tag}.rlm")
     return p / tag if max_records is not None else p / f"{tag}.rlm"
+
+
+def _part_tag(part: int, parts: int) -> str:
+    return f"part{part:05d}of{parts:05d}"
+
+
+def _dataset_name(target: Path) -> tuple[Path, str]:
+    """``(folder, NAME)`` of a sharded output at ``target``, as :class:`relabel_maps.Writer` derives them."""
+    return (target.parent, target.stem) if target.suffix == ".rlm" and not target.is_dir() else (target, target.name)
+
+
+def _shard_files(folder: Path, name: str) -> list[Path]:
+    """The finished shard files ``NAME-0000i-of-0000n.rlm`` of dataset ``name`` in ``folder``, sorted."""
+    from ..format import SHARD_NAME_RE
+
+    return sorted(f for f in folder.iterdir() if (m := SHARD_NAME_RE.match(f.name)) and m.group("name") == name)
 
 
 def combined_index_path(out: str | os.PathLike[str]) -> Path:
@@ -124,7 +138,6 @@ def write_combined_index(out: str | os.PathLike[str], parts: int, max_records: i
     """
     if parts <= 1:
         return None
-    from ..format import SHARD_NAME_RE
     from ..shards import write_index
 
     files: list[Path] = []
@@ -136,10 +149,7 @@ def write_combined_index(out: str | os.PathLike[str], parts: int, max_records: i
         if finished.is_file():
             files.append(finished)
             continue
-        name = target.stem if target.suffix == ".rlm" and not target.is_dir() else target.name
-        files += sorted(
-            f for f in finished.iterdir() if (m := SHARD_NAME_RE.match(f.name)) and m.group("name") == name
-        )
+        files += _shard_files(finished, _dataset_name(target)[1])
     index = combined_index_path(out)
     write_index(files, index)
     return index
@@ -196,9 +206,9 @@ def _worker_init(_: int) -> None:
 class _Sink(threading.Thread):
     """Background writer: waits for a batch's device→host copy, adds its records, flushes."""
 
-    def __init__(self, writer: Any, index_dtype: Any, maxsize: int, on_written: Callable[[int], None]) -> None:
+    def __init__(self, writer: Any, maxsize: int, on_written: Callable[[int], None]) -> None:
         super().__init__(name="relabel-maps-writer", daemon=True)
-        self.writer, self.index_dtype = writer, index_dtype
+        self.writer = writer
         self.q: queue.Queue = queue.Queue(maxsize=max(1, maxsize))
         self.error: BaseException | None = None
         self.on_written = on_written
@@ -224,7 +234,7 @@ class _Sink(threading.Thread):
                 keys, idx, vals, lse, event = job
                 if event is not None:
                     event.synchronize()
-                idx_np = idx.numpy().astype(self.index_dtype, copy=False)
+                idx_np = idx.numpy()  # Writer.add casts to the file's index dtype
                 vals_np = vals.numpy()
                 lse_np = lse.numpy() if lse is not None else None
                 for j, key in enumerate(keys):
@@ -380,7 +390,7 @@ def _assemble(batch: dict[str, Any], items: Sequence[ImageItem], size: Sequence[
         for index, data, img in zip(jpeg_index, batch["jpeg"], decoded):
             if img is None:  # nvJPEG refused it: decode on the CPU instead
                 try:
-                    arr = load_rgb(bytes(data.cpu().numpy().tobytes()), max_pixels=max_pixels)
+                    arr = load_rgb(data.cpu().numpy().tobytes(), max_pixels=max_pixels)
                 except Exception as exc:  # noqa: BLE001 - ImageDecodeError or anything PIL raises
                     fail(index, getattr(exc, "reason", "corrupt"), str(exc))
                     continue
@@ -479,17 +489,17 @@ def annotate(
     target = part_output_path(out, part, parts, max_records)
     fail_path = Path(failures) if failures is not None else Path(str(target).rstrip("/\\") + ".failures.jsonl")
     if parts > 1 and failures is not None:
-        fail_path = fail_path.with_name(f"{fail_path.stem}.part{part:05d}of{parts:05d}{fail_path.suffix}")
+        fail_path = fail_path.with_name(f"{fail_path.stem}.{_part_tag(part, parts)}{fail_path.suffix}")
 
     t0 = time.perf_counter()
     finished = _finished_output(target, max_records)
     if finished is not None and not overwrite:
         summary = _already_complete(finished, part_items, fail_path, t0, str(dev), prec)
-        summary.index = str(write_combined_index(out, parts, max_records) or "") or None
+        index = write_combined_index(out, parts, max_records)
+        summary.index = str(index) if index else None
         return summary
 
     grid = teacher.grid_size()
-    index_dtype = np.uint16 if teacher.num_classes <= 65535 else np.uint32
     writer_kwargs: dict[str, Any] = dict(
         num_classes=teacher.num_classes,
         k=k,
@@ -514,7 +524,7 @@ def annotate(
     skipped = len(part_items) - todo
     fail_log = _FailureLog(fail_path)
     bar = _Progress(progress, len(part_items), skipped, f"annotate {teacher.preset or teacher.name}")
-    sink = _Sink(writer, index_dtype, queue_size, lambda n: bar.advance(written=n))
+    sink = _Sink(writer, queue_size, lambda n: bar.advance(written=n))
     is_cuda = dev.type == "cuda"
     step = get_step(teacher, k, prec, store_lse, channels_last if channels_last is not None else is_cuda,
                     compile and _can_compile(dev))
@@ -629,7 +639,7 @@ def _finished_output(target: Path, max_records: int | None) -> Path | None:
     sharded = max_records is not None or target.suffix != ".rlm" or target.is_dir()
     if not sharded:
         return target if target.is_file() else None
-    folder, name = (target.parent, target.stem) if target.suffix == ".rlm" and not target.is_dir() else (target, target.name)
+    folder, name = _dataset_name(target)
     index = folder / f"{name}.index.json"
     return folder if index.is_file() else None
 
@@ -641,13 +651,9 @@ def _remove_finished(target: Path, max_records: int | None) -> None:
     if finished.is_file():
         finished.unlink()
         return
-    from ..format import SHARD_NAME_RE
-
-    name = target.stem if target.suffix == ".rlm" and not target.is_dir() else target.name
-    for p in finished.iterdir():
-        m = SHARD_NAME_RE.match(p.name)
-        if (m and m.group("name") == name) or p.name == f"{name}.index.json":
-            p.unlink()
+    name = _dataset_name(target)[1]
+    for p in [finished / f"{name}.index.json", *_shard_files(finished, name)]:  # the index first: no longer "finished"
+        p.unlink()
 
 
 def _already_complete(finished: Path, items: Sequence[ImageItem], fail_path: Path, t0: float, device: str,

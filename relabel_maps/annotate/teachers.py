@@ -219,16 +219,11 @@ def dense_head(model: Any, feats: Any, image_size: Sequence[int] | None = None) 
         ``(B, num_classes, h, w)`` logits.
     """
     if feats.ndim == 4:
-        if getattr(model, "output_fmt", "NCHW") == "NHWC":
-            nhwc = feats
-        else:
-            nhwc = feats.permute(0, 2, 3, 1)  # a free view for channels_last features
+        is_nhwc = getattr(model, "output_fmt", "NCHW") == "NHWC"
+        nhwc = feats if is_nhwc else feats.permute(0, 2, 3, 1)  # a free view for channels_last features
         b, h, w, c = nhwc.shape
         flat = nhwc.reshape(b * h * w, c)
-        if getattr(model, "output_fmt", "NCHW") == "NHWC":
-            out = model.forward_head(flat[:, None, None, :])
-        else:
-            out = model.forward_head(flat[:, :, None, None])
+        out = model.forward_head(flat[:, None, None, :] if is_nhwc else flat[:, :, None, None])
     elif feats.ndim == 3:
         prefix = int(getattr(model, "num_prefix_tokens", 0))
         tokens = feats[:, prefix:]
@@ -286,7 +281,7 @@ def load_checkpoint_state(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise
     except Exception as exc:  # noqa: BLE001 - unpickling refusals, corrupt files, ...
         raise TeacherWeightsError(
-            f"cannot read checkpoint {p}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+            f"cannot read checkpoint {p}: {type(exc).__name__}: {_first_line(exc)} "
             "(expected .safetensors or a plain state dict saved with torch.save)"
         ) from exc
     for wrapper in ("state_dict_ema", "model_ema", "state_dict", "model"):
@@ -296,6 +291,11 @@ def load_checkpoint_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
         raise TeacherWeightsError(f"checkpoint {p} does not hold a state dict")
     return {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else ""
 
 
 def _block_kind_maps() -> tuple[dict[str, str], dict[str, str]]:
@@ -496,6 +496,7 @@ def load_teacher(
     kwargs = dict(model_kwargs or {})
 
     state: dict[str, Any] | None = None
+    use_hub = False
     if checkpoint is not None:
         state = load_checkpoint_state(checkpoint)
         weights_id = _file_id(Path(checkpoint))
@@ -510,13 +511,13 @@ def load_teacher(
     elif pretrained:
         weights_id = f"timm:{arch}"
         source = weights_id
+        use_hub = True
     else:
         weights_id = f"random-init:seed={seed}"
         source = weights_id
     if num_classes is not None:
         kwargs["num_classes"] = int(num_classes)
 
-    use_hub = checkpoint is None and not (preset and preset.packaged) and pretrained
     if use_hub:
         if not _hub_cached(timm, arch) and (_offline() or not _hub_reachable()):
             raise TeacherWeightsError(_missing_weights_message(arch))
@@ -558,17 +559,10 @@ def load_teacher(
 def _missing_weights_message(arch: str, exc: BaseException | None = None) -> str:
     why = ""
     if exc is not None:
-        first = str(exc).splitlines()[0] if str(exc) else ""
+        first = _first_line(exc)
         why = f" ({type(exc).__name__}: {first[:120]}{'...' if len(first) > 120 else ''})"
     return (
         f"pretrained weights for {arch} are not in the local cache and could not be downloaded{why}: "
         "pass --checkpoint PATH (.safetensors or a state dict), or use the offline teacher "
         "--teacher lite0-packaged"
     )
-
-
-def describe_presets() -> str:
-    """One line per preset, for ``--help`` texts."""
-    return "\n".join(f"{p.name}: {p.model} @ {p.input_size[0]}x{p.input_size[1]} {p.resize}" for p in PRESETS.values())
-
-
