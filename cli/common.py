@@ -73,14 +73,17 @@ def open_maps(path: str, **kwargs: Any):
 
 
 @contextlib.contextmanager
-def progress_bar(total: int | None, description: str) -> Iterator[Callable[..., None]]:
+def progress_bar(total: int | None | Callable[[], int | None], description: str) -> Iterator[Callable[..., None]]:
     """A rich progress bar on stderr (only when stderr is a terminal).
 
+    ``total`` may be a callable, called only when the bar is shown (for a costly count).
     Yields ``advance(n=1, total=None)``; ``total`` sets the bar's length once it is known."""
     stream = sys.stderr
     if not (hasattr(stream, "isatty") and stream.isatty()):
         yield lambda n=1, total=None: None
         return
+    if callable(total):
+        total = total()
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 

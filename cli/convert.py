@@ -57,11 +57,13 @@ def convert(source, output, kind, encoding, image_suffix, key_depth, score_kind,
         options["encoding"] = encoding
     if score_kind:
         options["score_kind"] = score_kind
-    total = None
-    if os.path.isdir(source):
-        total = sum(sum(1 for f in files if f.endswith(".pt")) for _, _, files in os.walk(source))
-        if limit:
-            total = min(total, limit)
+
+    def total() -> int | None:  # walks the whole tree: only when a progress bar is shown
+        if not os.path.isdir(source):
+            return None
+        n = sum(sum(1 for f in files if f.endswith(".pt")) for _, _, files in os.walk(source))
+        return min(n, limit) if limit else n
+
     with progress_bar(total, "converting") as advance:
         if kind == "relabel":
             from relabel_maps.convert.relabel import convert_relabel
@@ -77,5 +79,6 @@ def convert(source, output, kind, encoding, image_suffix, key_depth, score_kind,
         f"{result.output_bytes / max(result.records, 1):,.0f} bytes/image; "
         f"source {result.source_bytes / max(result.records, 1):,.0f} bytes/image, ratio {result.ratio:.2f}x)"
     )
+    err = console(stderr=True)
     for rel, why in result.skipped:
-        console(stderr=True).print(f"skipped {rel}: {why}")
+        err.print(f"skipped {rel}: {why}")

@@ -75,14 +75,12 @@ def info(path: str, top_n: int, sample: int | None, as_json: bool) -> None:
         meta = dict(maps.metadata)
         with progress_bar(min(sample or len(maps), len(maps)), "scanning records") as advance:
             stats = dataset_stats(maps, sample=sample, progress=advance)
+        records = _records_per_file(maps, files) if files else {}
         shards = []
         for name, local in files:
             entry = {"file": name, "bytes": os.path.getsize(local)}
             if name.endswith(".rlm"):
-                from relabel_maps.reader import open_file
-
-                with open_file(local) as reader:
-                    entry["records"] = len(reader)
+                entry["records"] = records[name]
             shards.append(entry)
     n, scanned = stats["records"], stats["scanned"]
     total_bytes = sum(s["bytes"] for s in shards) if shards else None
@@ -116,6 +114,15 @@ def info(path: str, top_n: int, sample: int | None, as_json: bool) -> None:
         echo_json({"metadata": printable, **summary})
         return
     _print_info(meta, summary)
+
+
+def _records_per_file(maps: Any, files: list[tuple[str, str]]) -> dict[str, int]:
+    """Records per ``.rlm`` file of the open local dataset ``maps`` (``files``: its
+    :func:`_local_files`), from its shard readers: the ones the scan opened are not opened again."""
+    names = getattr(maps, "shard_names", None)
+    if names is None:  # a single .rlm file
+        return {name: len(maps) for name, _ in files if name.endswith(".rlm")}
+    return {name: len(maps.shard(s)) for s, name in enumerate(names)}
 
 
 def _fmt_bytes(n: float | None) -> str:
@@ -184,9 +191,8 @@ def _verify_local(path: str, advance) -> tuple[int, int, list[dict[str, str]]]:
     """Check every shard of a local dataset, then the dataset as a whole; returns
     ``(records, files, problems)``."""
     from relabel_maps.errors import RelabelMapsError
-    from relabel_maps.hub import _file_digests
     from relabel_maps.reader import open_file
-    from relabel_maps.shards import read_index_json
+    from relabel_maps.shards import _sha256_file, read_index_json
 
     problems: list[dict[str, str]] = []
 
@@ -213,7 +219,7 @@ def _verify_local(path: str, advance) -> tuple[int, int, list[dict[str, str]]]:
     advance(0, total=len(shards))
     for name, local in shards:
         try:
-            if expected_sha.get(name) and _file_digests(path=local)[0] != expected_sha[name]:
+            if expected_sha.get(name) and _sha256_file(local) != expected_sha[name]:
                 bad(name, "SHA-256 differs from the one in the index")
                 flagged.add(name)
             with open_file(local) as reader:

@@ -15,6 +15,8 @@ from typing import Any, Sequence
 import click
 import numpy as np
 
+from .common import class_name, open_maps
+
 __all__ = ["show", "render", "canvas_size", "class_colours", "top1_confidence"]
 
 MARGIN = 12
@@ -47,11 +49,11 @@ def top1_confidence(labelmap: Any) -> np.ndarray:
     mode: stored probabilities; ``exp(s - lse)`` with a log-sum-exp; else a softmax over all ``C``
     classes with the non-stored logits at 0 (ReLabel)."""
     s = labelmap.scores.astype(np.float64)
-    valid = labelmap.valid()
     if labelmap.score_kind == "probabilities":
         return s[0]
     if labelmap.lse is not None:
         return np.exp(s[0] - labelmap.lse.astype(np.float64))
+    valid = labelmap.valid()
     m = np.maximum(s.max(axis=0), 0.0)
     e = np.where(valid, np.exp(s - m), 0.0)
     n_other = labelmap.num_classes - valid.sum(axis=0)
@@ -131,8 +133,7 @@ def render(
     for r, c in enumerate(shown):
         y = y0 + r * ROW_H
         draw.rectangle([lx, y + 2, lx + 12, y + 14], fill=colours[int(c)], outline=(0, 0, 0))
-        name = class_names[int(c)] if class_names and int(c) < len(class_names) else ""
-        label = f"{int(c)} {name}"[:30] + f"  {100 * share[int(c)]:.0f}%"
+        label = f"{int(c)} {class_name(class_names, int(c))}"[:30] + f"  {100 * share[int(c)]:.0f}%"
         draw.text((lx + 18, y + 2), label, fill=(0, 0, 0), font=font)
     if len(shown) < len(order):
         rest = sum(share[int(c)] for c in order[len(shown) :])
@@ -164,8 +165,6 @@ def show(path: str, key: str, image_path: str | None, out: str, panel: int) -> N
     legend lists the most frequent top-1 classes (names when the dataset has them)
     with their share of the grid.
     """
-    from .common import open_maps
-
     from relabel_maps.errors import require
 
     require("PIL.Image", "cli")

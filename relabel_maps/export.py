@@ -38,8 +38,7 @@ def summarize(labelmap: LabelMap, *, top: int = 5, fill: str | None = None) -> d
     if top < 1:
         raise InvalidArgumentError(f"top must be >= 1, got {top}")
     pooled = np.asarray(labelmap.pool((0.0, 0.0, 1.0, 1.0), fill=fill), dtype=np.float64)
-    n = min(top, pooled.shape[0])
-    order = np.argsort(-pooled, kind="stable")[:n]
+    order = np.argsort(-pooled, kind="stable")[:top]
     share = float(np.mean(labelmap.top1() == int(order[0])))
     return {
         "key": labelmap.key,

@@ -229,14 +229,10 @@ def dataset_card(
     """
     from .format import FORMAT_VERSION, version_string
 
-    all_tags = ["relabel-maps", "label-maps", "soft-labels", "knowledge-distillation", *tags]
-    seen: list[str] = []
-    for t in all_tags:
-        if t not in seen:
-            seen.append(t)
+    unique_tags = dict.fromkeys(["relabel-maps", "label-maps", "soft-labels", "knowledge-distillation", *tags])
     lines = ["---", f"license: {_yaml_str(license)}", "task_categories:", "- image-classification"]
     lines += ["size_categories:", f"- {_yaml_str(_size_category(num_records))}", "tags:"]
-    lines += [f"- {_yaml_str(t)}" for t in seen]
+    lines += [f"- {_yaml_str(t)}" for t in unique_tags]
     if preview:
         lines += [
             "configs:",
@@ -404,21 +400,20 @@ def plan_push(
             from .export import parquet_bytes
 
             preview_data = parquet_bytes(maps, progress=progress)
-    sizes = [(name, os.path.getsize(local)) for name, local in files]
+    uploads = []
+    for name, local in files:
+        sha, git, size = _file_digests(path=local)
+        uploads.append(PlannedUpload(_join(path_in_repo, name), local, None, sha, git, size))
     card = dataset_card(
         metadata,
         repo_id=repo_id,
         num_records=num_records,
-        files=sizes,
+        files=[(name, up.size) for (name, _), up in zip(files, uploads)],
         path_in_repo=path_in_repo,
         license=license,
         preview=PREVIEW_NAME if preview else None,
         tags=tags,
     ).encode("utf-8")
-    uploads = []
-    for name, local in files:
-        sha, git, size = _file_digests(path=local)
-        uploads.append(PlannedUpload(_join(path_in_repo, name), local, None, sha, git, size))
     extras = [(CARD_NAME, card)]
     if preview_data is not None:
         extras.append((_join(path_in_repo, PREVIEW_NAME), preview_data))
@@ -476,7 +471,7 @@ def push(
         wanted = {up.path_in_repo for up in uploads}
         prefix = path_in_repo.strip("/")
         for name in sorted(remote):
-            folder, base = os.path.split(name) if "/" in name else ("", name)
+            folder, _, base = name.rpartition("/")
             if folder != prefix or name in wanted:
                 continue
             if base.endswith(".rlm") or base.endswith(".index.json"):
@@ -504,9 +499,7 @@ def pull(
     that :func:`relabel_maps.open` accepts (inside ``local_dir`` when given, else in the HF cache)."""
     loc = _as_hub_path(repo, revision)
     hf = require("huggingface_hub", "hub")
-    patterns = [_join(loc.path, "*")] if loc.path else None
-    if patterns is not None:
-        patterns.append(CARD_NAME)
+    patterns = [_join(loc.path, "*"), CARD_NAME] if loc.path else None
     root = hf.snapshot_download(
         loc.repo_id,
         repo_type=REPO_TYPE,

@@ -92,10 +92,12 @@ def merge(
         raise WriterError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
 
     shard_paths: list[str] = []
+    seen: set[str] = set()
     for src in inputs:
         for p in _input_shards(src):
-            if os.path.abspath(p) in {os.path.abspath(q) for q in shard_paths}:
+            if os.path.abspath(p) in seen:
                 raise InvalidArgumentError(f"{p} is given twice")
+            seen.add(os.path.abspath(p))
             shard_paths.append(p)
 
     # keys and metadata of every shard; decide who keeps each duplicated key
@@ -129,18 +131,16 @@ def merge(
         )
 
     if single:
-        return _merge_to_file(shard_paths, keys, owner, out, overwrite, duplicates, progress)
+        return _merge_to_file(shard_paths, keys, owner, metas[0], out, overwrite, duplicates, progress)
     return _merge_to_folder(shard_paths, keys, owner, metas, out, overwrite, duplicates, link, progress)
 
 
-def _merge_to_file(shard_paths, keys, owner, out: Path, overwrite: bool, duplicates: int, progress) -> MergeResult:
+def _merge_to_file(shard_paths, keys, owner, meta, out: Path, overwrite: bool, duplicates: int, progress) -> MergeResult:
     from .reader import Reader
     from .writer import Writer
 
-    with Reader(shard_paths[0]) as r:
-        settings = _writer_settings(r.metadata)
     records = 0
-    with Writer(out, overwrite=overwrite, **settings) as w:
+    with Writer(out, overwrite=overwrite, **_writer_settings(meta)) as w:
         for s, p in enumerate(shard_paths):
             with Reader(p) as r:
                 for key in keys[s]:
@@ -186,15 +186,13 @@ def _merge_to_folder(shard_paths, keys, owner, metas, out: Path, overwrite: bool
             final = tmp / fmt.shard_name(name, i, total)
             if len(kept[s]) == len(keys[s]):
                 _place(shard_paths[s], final, link)
-                if progress is not None:
-                    progress(len(keys[s]))
             else:
                 rewritten += 1
                 with Reader(shard_paths[s]) as r, Writer(final, **_writer_settings(metas[s])) as w:
                     for key in kept[s]:
                         w.add_raw(key, r.read_record(key), dictionary=r.dictionary)
-                if progress is not None:
-                    progress(len(keys[s]))
+            if progress is not None:
+                progress(len(keys[s]))
             paths.append(final)
         index_name = f"{name}{INDEX_SUFFIX}"
         write_index(paths, tmp / index_name)

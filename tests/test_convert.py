@@ -56,6 +56,13 @@ def write_official_tree(root, n_per_class: int = 3, seed: int = 0, dtype=torch.f
     return tensors
 
 
+def write_tar(src, tar_path, arcname: str, mode: str = "w"):
+    """``src`` packed into ``tar_path`` as the folder ``arcname``."""
+    with tarfile.open(tar_path, mode) as tar:
+        tar.add(src, arcname=arcname)
+    return tar_path
+
+
 def released_get_relabel(t: torch.Tensor, coords) -> torch.Tensor:
     """The released code's get_labelmaps + get_relabel for one sample (batch of 1, CPU)."""
     label_maps = torch.zeros([1, 1000, t.shape[2], t.shape[3]])
@@ -127,9 +134,7 @@ def test_convert_size_with_default_encoding(tmp_path, capsys):
 def test_convert_official_tar_equals_folder(tmp_path):
     src = tmp_path / "release"
     write_official_tree(src, n_per_class=2)
-    tar_path = tmp_path / "release.tar"
-    with tarfile.open(tar_path, "w") as tar:
-        tar.add(src, arcname="imagenet_efficientnet_l2_sz475_top5")
+    tar_path = write_tar(src, tmp_path / "release.tar", "imagenet_efficientnet_l2_sz475_top5")
     convert_relabel(src, tmp_path / "a.rlm")
     result = convert_relabel(tar_path, tmp_path / "b.rlm")
     assert result.records == 6
@@ -266,9 +271,7 @@ def test_resume_after_failure(tmp_path):
 def test_damaged_tar_is_format_error(tmp_path):
     src = tmp_path / "src"
     write_official_tree(src, n_per_class=2)
-    tar_path = tmp_path / "r.tar.gz"
-    with tarfile.open(tar_path, "w:gz") as tar:
-        tar.add(src, arcname="top")
+    tar_path = write_tar(src, tmp_path / "r.tar.gz", "top", mode="w:gz")
     data = tar_path.read_bytes()
     cut = tmp_path / "cut.tar.gz"
     cut.write_bytes(data[: len(data) // 2])

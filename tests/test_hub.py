@@ -48,6 +48,11 @@ def make_dataset(path, n: int = 7, *, seed: int = 0, max_records: int | None = 3
 LFS_SUFFIXES = (".rlm", ".parquet")
 
 
+def git_blob_sha1(data: bytes) -> str:
+    """The git blob id of ``data`` (what the Hub lists for a non-LFS file)."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
 class FakeHfApi:
     """The part of ``huggingface_hub.HfApi`` that push uses, backed by a dict of files."""
 
@@ -72,7 +77,7 @@ class FakeHfApi:
         from huggingface_hub.hf_api import RepoFile
 
         for path, data in sorted(self.files.items()):
-            git = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+            git = git_blob_sha1(data)
             lfs = None
             if path.endswith(LFS_SUFFIXES):
                 lfs = {"size": len(data), "oid": hashlib.sha256(data).hexdigest(), "pointerSize": 130}
@@ -252,7 +257,7 @@ def populate_cache(cache, repo_id: str, files: dict[str, bytes], *, commit: str 
         if path.endswith(LFS_SUFFIXES):
             etag = hashlib.sha256(data).hexdigest()
         else:
-            etag = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+            etag = git_blob_sha1(data)
         blob = os.path.join(root, "blobs", etag)
         os.makedirs(os.path.dirname(blob), exist_ok=True)
         with open(blob, "wb") as fh:

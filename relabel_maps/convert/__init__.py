@@ -233,13 +233,8 @@ def convert_release(
                     overwrite=overwrite,
                     resume=resume,
                 )
-            if resume and key in writer:
-                source_bytes += size
-                records += 1
-                if progress is not None:
-                    progress(1)
-                continue
-            writer.add(key, indices, scores)
+            if not (resume and key in writer):  # resuming: keys written by the earlier run stay
+                writer.add(key, indices, scores)
             source_bytes += size
             records += 1
             if progress is not None:

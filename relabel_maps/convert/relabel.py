@@ -10,7 +10,7 @@ reproduces the released training code's soft labels exactly.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from . import ConvertResult, convert_release
 
@@ -33,6 +33,10 @@ def convert_relabel(
     encoding: str = "f32",
     image_suffix: str = ".JPEG",
     strict_shape: bool = True,
+    num_classes: int = 1000,
+    score_kind: str = "logits",
+    teacher: Mapping[str, Any] | None = RELABEL_TEACHER,
+    class_set: str | None = "imagenet-1k",
     progress: Callable[[int], None] | None = None,
     **kwargs: Any,
 ) -> ConvertResult:
@@ -46,11 +50,11 @@ def convert_relabel(
         output,
         source_name="relabel_imagenet",
         source_format="per-image torch.save tensor [2, 5, 15, 15] float32: [0] top-5 logits, [1] class indices",
-        num_classes=kwargs.pop("num_classes", 1000),
-        score_kind=kwargs.pop("score_kind", "logits"),
+        num_classes=num_classes,
+        score_kind=score_kind,
         encoding=encoding,
-        teacher=kwargs.pop("teacher", RELABEL_TEACHER),
-        class_set=kwargs.pop("class_set", "imagenet-1k"),
+        teacher=teacher,
+        class_set=class_set,
         image_suffix=image_suffix,
         expect_k=5 if strict_shape else None,
         expect_hw=(15, 15) if strict_shape else None,

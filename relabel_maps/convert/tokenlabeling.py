@@ -9,7 +9,7 @@ Whether the scores are logits or probabilities is read off the data unless given
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from . import ConvertResult, convert_release
 
@@ -28,6 +28,9 @@ def convert_tokenlabeling(
     encoding: str = "f16",
     score_kind: str = "auto",
     image_suffix: str = ".JPEG",
+    num_classes: int = 1000,
+    teacher: Mapping[str, Any] | None = TOKENLABELING_TEACHER,
+    class_set: str | None = "imagenet-1k",
     progress: Callable[[int], None] | None = None,
     **kwargs: Any,
 ) -> ConvertResult:
@@ -40,11 +43,11 @@ def convert_tokenlabeling(
         output,
         source_name="TokenLabeling",
         source_format="per-image torch.save tensor [2, 5, H, W] float16: [0] top-5 scores, [1] class indices",
-        num_classes=kwargs.pop("num_classes", 1000),
+        num_classes=num_classes,
         score_kind=score_kind,
         encoding=encoding,
-        teacher=kwargs.pop("teacher", TOKENLABELING_TEACHER),
-        class_set=kwargs.pop("class_set", "imagenet-1k"),
+        teacher=teacher,
+        class_set=class_set,
         image_suffix=image_suffix,
         progress=progress,
         **kwargs,
