@@ -106,9 +106,9 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    import torchvision
 
     import relabel_maps
+    from _official import official_pool, topk_tensor  # benchmarks/_official.py
     from relabel_maps.pooling import pool, to_official_coords
 
     torch.set_num_threads(1)
@@ -128,7 +128,7 @@ def main() -> None:
     for i, name in enumerate(names):
         p = tmp / "pt" / (name.rsplit(".", 1)[0] + ".pt")
         p.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(torch.from_numpy(np.stack([data["scores"][i], data["indices"][i].astype(np.float32)])), p)
+        torch.save(topk_tensor(data["indices"][i], data["scores"][i]), p)
         pt_paths.append(str(p))
     files = {}
     for label, enc in (("default", None), ("f16", "f16")):
@@ -139,21 +139,13 @@ def main() -> None:
         files[label] = path
     pt_bytes = sum(os.path.getsize(p) for p in pt_paths) / n
 
-    def official(i: int, j: int) -> torch.Tensor:
-        t = torch.load(pt_paths[i])
-        dense = torch.zeros(C, G, G)
-        dense.scatter_(0, t[1].long(), t[0])
-        out = torchvision.ops.roi_align(dense[None], coords[j], output_size=(1, 1))
-        return torch.softmax(out.reshape(1, C), 1)[0]
+    def official(i: int, j: int) -> torch.Tensor:  # the official coords: aligned=False, coords * 15 - 0.5
+        return official_pool(torch.load(pt_paths[i]), coords[j], aligned=False)
 
     loaded = [torch.load(p) for p in pt_paths]
 
     def official_preloaded(i: int, j: int) -> torch.Tensor:  # the same, minus torch.load
-        t = loaded[i]
-        dense = torch.zeros(C, G, G)
-        dense.scatter_(0, t[1].long(), t[0])
-        out = torchvision.ops.roi_align(dense[None], coords[j], output_size=(1, 1))
-        return torch.softmax(out.reshape(1, C), 1)[0]
+        return official_pool(loaded[i], coords[j], aligned=False)
 
     def ours(maps, i: int, j: int) -> np.ndarray:
         return maps[names[i]].pool(box_list[j])

@@ -97,11 +97,12 @@ class PooledError:
 def official_bytes(indices: np.ndarray, scores: np.ndarray) -> float:
     """Mean torch.save size of the official per-image [2, k, H, W] float32 tensor."""
     import torch
+    from _official import topk_tensor  # benchmarks/_official.py
 
     sizes = []
     for i, s in zip(indices, scores):
         buf = io.BytesIO()
-        torch.save(torch.from_numpy(np.stack([i.astype(np.float32), s])), buf)
+        torch.save(topk_tensor(i, s), buf)
         sizes.append(buf.tell())
     return float(np.mean(sizes))
 

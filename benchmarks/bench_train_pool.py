@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
@@ -42,6 +41,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 import relabel_maps
+from _official import dense_baseline, official_pool, topk_tensor  # benchmarks/_official.py
 from relabel_maps.torch import (
     CropBox,
     LabelMapDataset,
@@ -95,7 +95,7 @@ def make_data(root: Path, n: int, size: tuple[int, int], seed: int = 0) -> tuple
             w.add(key, idx, scores)
             pt = pt_dir / (key + ".pt")
             pt.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(torch.from_numpy(np.stack([scores, idx.astype(np.float32)])), pt)
+            torch.save(topk_tensor(idx, scores), pt)
     return images, rlm, pt_dir
 
 
@@ -133,13 +133,16 @@ class Official(Plain):
         if torch.rand(1) < 0.5:
             out = TF.horizontal_flip(out)
         w, h = img.size
-        x0, y0, x1, y1 = p["left"] / w, p["top"] / h, (p["left"] + p["width"]) / w, (p["top"] + p["height"]) / h
+        box = (p["left"] / w, p["top"] / h, (p["left"] + p["width"]) / w, (p["top"] + p["height"]) / h)
+        return TO_TENSOR(out), self.label(i, box)  # the official pools flipped crops alike
+
+    def label(self, i: int, box: tuple[float, float, float, float]) -> torch.Tensor:
+        """``torch.load`` of image ``i``'s ``[2, k, 15, 15]`` tensor, then the official pooling of ``box``."""
         path = Path(self.base.samples[i][0]).relative_to(self.base.root)
         topk = torch.load(self.pt_dir / (str(path) + ".pt"))  # [2, k, 15, 15]: scores, indices
-        dense = torch.zeros(1, C, GRID, GRID).scatter_(1, topk[1][None].long(), topk[0][None])
+        x0, y0, x1, y1 = box
         roi = torch.tensor([[0.0, x0 * GRID, y0 * GRID, x1 * GRID, y1 * GRID]])
-        pooled = torchvision.ops.roi_align(dense, roi, output_size=(1, 1), aligned=True)
-        return TO_TENSOR(out), torch.softmax(pooled.view(-1), 0)  # the official pools flipped crops alike
+        return official_pool(topk, roi, aligned=True)
 
 
 def loader_rate(dataset: Dataset, args: argparse.Namespace, collate=None, pool_device: str | None = None) -> float:
@@ -163,14 +166,6 @@ def loader_rate(dataset: Dataset, args: argparse.Namespace, collate=None, pool_d
 
 
 # ------------------------------------------------------------------------------------------ batched pooling
-def dense_baseline(indices: torch.Tensor, scores: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    b = indices.shape[0]
-    dense = torch.zeros(b, C, GRID, GRID, device=scores.device).scatter_(1, indices.long(), scores)
-    rois = torch.cat([torch.arange(b, device=boxes.device, dtype=boxes.dtype)[:, None], boxes * GRID], 1).float()
-    pooled = torchvision.ops.roi_align(dense, rois, output_size=(1, 1), aligned=True)
-    return torch.softmax(pooled.view(b, C), 1)
-
-
 def pool_rate(fn, iters: int, batch: int, device: str) -> float:
     fn()  # warm up
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -236,7 +231,7 @@ def bench_components(images: Path, rlm: Path, pt_dir: Path, args: argparse.Names
             "stock v2 crop + flip + to tensor": cpu_us(lambda i: stock(pil[i % n]), 2 * n),
             "same, CropBox through the v2 dispatch": cpu_us(lambda i: boxed(pil[i % n], CropBox.like(pil[i % n])), 2 * n),
             "same, fast lane (transform_with_box)": cpu_us(lambda i: transform_with_box(boxed, pil[i % n]), 2 * n),
-            "official: torch.load .pt + dense + roi_align": cpu_us(lambda i: official_label(official, i % n), 4 * n),
+            "official: torch.load .pt + dense + roi_align": cpu_us(lambda i: official.label(i % n, (0.1, 0.2, 0.7, 0.9)), 4 * n),
             "library: read record (decode)": cpu_us(lambda i: maps[keys[i % n]], 8 * n),
             "library: numpy pool of one crop": cpu_us(lambda i: lms[i % n].pool((0.1, 0.2, 0.7, 0.9), flip=True), 8 * n),
             "library: collate_label_maps (per sample)": cpu_us(lambda i: collate_label_maps(items), 20) / n,
@@ -245,14 +240,6 @@ def bench_components(images: Path, rlm: Path, pt_dir: Path, args: argparse.Names
     print("\n(c) per-sample CPU cost of each step (1 thread, best of 5)")
     for name, us in rows.items():
         print(f"  {name:48s} {us:8.1f} us")
-
-
-def official_label(ds: "Official", i: int) -> torch.Tensor:
-    path = Path(ds.base.samples[i][0]).relative_to(ds.base.root)
-    topk = torch.load(ds.pt_dir / (str(path) + ".pt"))
-    dense = torch.zeros(1, C, GRID, GRID).scatter_(1, topk[1][None].long(), topk[0][None])
-    roi = torch.tensor([[0.0, 0.1 * GRID, 0.2 * GRID, 0.7 * GRID, 0.9 * GRID]])
-    return torch.softmax(torchvision.ops.roi_align(dense, roi, output_size=(1, 1), aligned=True).view(-1), 0)
 
 
 # ------------------------------------------------------------------------------------------ main

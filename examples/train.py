@@ -24,6 +24,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
 import relabel_maps
+from relabel_maps.pooling import FILL_MODES
 from relabel_maps.torch import (
     LabelMapDataset,
     LabelMapMixup,
@@ -53,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cutmix", type=float, default=1.0, help="CutMix alpha (0 disables)")
     p.add_argument("--mix-prob", type=float, default=1.0, help="probability of mixing a batch")
     p.add_argument("--alpha", type=float, default=0.0, help="weight of the one-hot label in the target")
-    p.add_argument("--fill", default=None, choices=["zero", "topk", "uniform"], help="pooling fill mode")
+    p.add_argument("--fill", default=None, choices=FILL_MODES, help="pooling fill mode")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)

@@ -51,6 +51,7 @@ from torchvision.transforms import v2  # noqa: E402
 from torchvision.transforms.v2 import functional as TF  # noqa: E402
 
 from .labelmap import LabelMap  # noqa: E402
+from .pooling import FILL_MODES  # noqa: E402
 
 try:  # PIL comes with torchvision
     from PIL.Image import Image as _PIL_IMAGE
@@ -441,8 +442,6 @@ def transform_with_box(transform: Callable[..., Any], image: Any, box: CropBox |
 
 # ============================================================================ batched pooling
 
-_FILLS = ("zero", "topk", "uniform")
-
 
 def _axis_weights(lo: Tensor, hi: Tensor, n: int, size: int, sampling_ratio: int, dtype: torch.dtype) -> Tensor:
     """RoIAlign (aligned) bilinear weights along one axis, averaged over each bin's samples.
@@ -630,8 +629,8 @@ def pool_batch(
 
 def _fill_mode(fill: str | None, score_kind: str) -> str:
     mode = ("uniform" if score_kind == "probabilities" else "zero") if fill is None else fill
-    if mode not in _FILLS:
-        raise InvalidArgumentError(f"fill must be one of {_FILLS} or None, got {fill!r}")
+    if mode not in FILL_MODES:
+        raise InvalidArgumentError(f"fill must be one of {FILL_MODES} or None, got {fill!r}")
     return mode
 
 

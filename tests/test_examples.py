@@ -13,9 +13,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("timm")
 
-from PIL import Image  # noqa: E402
-
-import relabel_maps  # noqa: E402
+from _fixtures import image_folder_with_maps  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 C, K, GRID = 10, 3, 4
@@ -23,20 +21,8 @@ C, K, GRID = 10, 3, 4
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    keys = []
-    for cls in ("a", "b"):
-        (root / "images" / cls).mkdir(parents=True)
-        for i in range(4):
-            Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(root / "images" / cls / f"{i}.jpg")
-            keys.append(f"{cls}/{i}.jpg")
-    maps = root / "maps.rlm"
-    with relabel_maps.Writer(maps, num_classes=C, k=K, teacher={"resize": "squash", "input_size": [64, 64]}) as w:
-        for key in keys:
-            idx = np.stack([rng.choice(C, K, replace=False) for _ in range(GRID * GRID)], 1).reshape(K, GRID, GRID)
-            w.add(key, idx, rng.normal(0, 2, (K, GRID, GRID)).astype(np.float32))
-    return root / "images", maps
+    return image_folder_with_maps(tmp_path_factory.mktemp("tiny"), ("a", "b"), 4, (48, 64), "jpg", num_classes=C, k=K,
+                                  grid=GRID, teacher={"resize": "squash", "input_size": [64, 64]})
 
 
 def run(args, tmp_path):

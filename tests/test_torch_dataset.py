@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
-from PIL import Image  # noqa: E402
+from _fixtures import image_folder_with_maps  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision.datasets import ImageFolder  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
@@ -31,22 +31,9 @@ C, K, GRID = 10, 3, 5
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """Six 40x30 images in two class folders and a label-map file keyed by relative path."""
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    keys = []
-    for cls in ("cat", "dog"):
-        (root / "images" / cls).mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(root / "images" / cls / f"{i}.png")
-            keys.append(f"{cls}/{i}.png")
-    path = root / "maps.rlm"
-    with relabel_maps.Writer(path, num_classes=C, k=K, teacher={"resize": "squash", "input_size": [40, 40]}, encoding="f32") as w:
-        for key in keys:
-            idx = np.stack([rng.choice(C, K, replace=False) for _ in range(GRID * GRID)], 1).reshape(K, GRID, GRID)
-            sc = rng.normal(0, 2, (K, GRID, GRID)).astype(np.float32)
-            lse = np.log(np.exp(sc).sum(0) + C - K).astype(np.float32)
-            w.add(key, idx, sc, lse=lse)
-    return root / "images", path
+    return image_folder_with_maps(tmp_path_factory.mktemp("data"), ("cat", "dog"), 3, (30, 40), "png", num_classes=C, k=K,
+                                  grid=GRID, with_lse=True, teacher={"resize": "squash", "input_size": [40, 40]},
+                                  encoding="f32")
 
 
 DETERMINISTIC = v2.Compose([v2.Resize((24, 32)), v2.CenterCrop((24, 16)), RandomHorizontalFlipWithBox(p=1.0), v2.ToImage(),
