@@ -20,6 +20,7 @@ import re
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .errors import FormatError, InvalidArgumentError, require
+from .shards import folder_contents, from_index, read_index_json
 
 __all__ = [
     "HF_SCHEME",
@@ -137,8 +138,6 @@ def _join(prefix: str, name: str) -> str:
 # ------------------------------------------------------------------------------------ local files
 def _index_shard_names(index_path: str) -> list[str]:
     """Shard files listed by a shard index JSON (relative to the index's folder)."""
-    from .shards import read_index_json
-
     with open(index_path, "rb") as fh:
         return [e["file"] for e in read_index_json(fh.read())["shards"]]
 
@@ -151,16 +150,10 @@ def local_dataset_files(path: str | os.PathLike) -> list[tuple[str, str]]:
     """
     path = os.fspath(path)
     if os.path.isdir(path):
-        visible = sorted(f for f in os.listdir(path) if not f.startswith("."))
-        indexes = [f for f in visible if f.endswith(".index.json")]
-        if len(indexes) > 1:
-            raise InvalidArgumentError(f"{path} holds several index files ({', '.join(indexes)}); name one")
-        if indexes:
-            return local_dataset_files(os.path.join(path, indexes[0]))
-        files = [f for f in visible if f.endswith(".rlm") and os.path.isfile(os.path.join(path, f))]
-        if not files:
-            raise FormatError(f"{path} holds no .rlm files and no index JSON")
-        return [(f, os.path.join(path, f)) for f in files]
+        index, files = folder_contents(path)
+        if index is not None:
+            return local_dataset_files(index)
+        return [(f.name, str(f)) for f in files]
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file or folder: {path}")
     if path.endswith(".json"):
@@ -567,8 +560,6 @@ def open_hub(
             raise FormatError(f"{loc} has no index JSON and {len(files)} .rlm files; nothing to open")
         local = hf.hf_hub_download(loc.repo_id, files[0], revision=revision, **common)
         return open_maps(local, verify=verify, **kwargs)
-
-    from .shards import from_index, read_index_json
 
     if kwargs:
         raise InvalidArgumentError(f"unexpected options for hf:// paths: {', '.join(sorted(kwargs))}")

@@ -28,7 +28,7 @@ from .errors import CorruptRecordError, FormatError, InvalidArgumentError, Missi
 from .labelmap import LabelMap
 from .reader import LabelMaps, Reader, Source
 
-__all__ = ["ShardedReader", "open_folder", "open_index", "write_index", "read_index_json", "INDEX_SUFFIX"]
+__all__ = ["ShardedReader", "folder_contents", "open_folder", "open_index", "write_index", "read_index_json", "INDEX_SUFFIX"]
 
 INDEX_SUFFIX = ".index.json"
 STRUCTURAL_KEYS = ("num_classes", "k", "score_kind", "encoding")
@@ -393,17 +393,27 @@ def open_index(path: str | os.PathLike[str], *, verify: bool = False) -> Sharded
     return from_index(index, lambda f: str(folder / f), verify=verify)
 
 
-def open_folder(path: str | os.PathLike[str], *, verify: bool = False) -> LabelMaps:
-    """Open a folder: its single ``*.index.json``, or else every ``*.rlm`` in it (sorted by name)."""
-    folder = Path(path)
-    indices = sorted(p for p in folder.iterdir() if p.name.endswith(INDEX_SUFFIX) and not p.name.startswith("."))
+def folder_contents(folder: str | os.PathLike[str]) -> tuple[Path | None, list[Path]]:
+    """The dataset a folder holds: ``(index, [])`` for its single visible ``*.index.json``, else
+    ``(None, files)`` with every visible ``.rlm`` file, sorted by name."""
+    entries = sorted(p for p in Path(folder).iterdir() if not p.name.startswith("."))
+    indices = [p for p in entries if p.name.endswith(INDEX_SUFFIX)]
     if len(indices) > 1:
         raise FormatError(f"{folder} holds several datasets ({', '.join(p.name for p in indices)}); open one index")
     if indices:
-        return open_index(indices[0], verify=verify)
-    files = sorted(p for p in folder.iterdir() if p.suffix == ".rlm" and not p.name.startswith(".") and p.is_file())
+        return indices[0], []
+    files = [p for p in entries if p.suffix == ".rlm" and p.is_file()]
     if not files:
         raise FormatError(f"{folder} holds no .rlm files and no {INDEX_SUFFIX}")
+    return None, files
+
+
+def open_folder(path: str | os.PathLike[str], *, verify: bool = False) -> LabelMaps:
+    """Open a folder: its single ``*.index.json``, or else every ``*.rlm`` in it (sorted by name)."""
+    folder = Path(path)
+    index, files = folder_contents(folder)
+    if index is not None:
+        return open_index(index, verify=verify)
     shards = []
     ranges: list[tuple[str, str] | None] = []
     metadata: dict[str, Any] | None = None
