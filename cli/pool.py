@@ -50,7 +50,7 @@ def pool(path: str, key: str, box, flip: bool, size: int, fill: str | None, temp
         mode = "compat"
     else:
         probs = lm.pool(box, flip=flip, size=size, fill=fill, temperature=temperature)
-        mode = fill or pooling.default_fill(lm)
+        mode = fill or pooling.default_fill(lm.score_kind)
     result = {"key": key, "box": list(box), "flip": flip, "size": size, "fill": mode, "temperature": temperature}
     if size == 1:
         result["top"] = _top(probs, top_n, names)

@@ -226,9 +226,10 @@ def roi_align(
 
 
 # ---------------------------------------------------------------------------------------------- pooling
-def default_fill(labelmap: "LabelMap") -> str:
-    """``"zero"`` for logit maps (ReLabel), ``"uniform"`` for probability maps (FKD)."""
-    return "uniform" if labelmap.score_kind == "probabilities" else "zero"
+def default_fill(score_kind: str) -> str:
+    """The fill mode used when none is given: ``"zero"`` for logit maps (ReLabel), ``"uniform"``
+    for probability maps (FKD)."""
+    return "uniform" if score_kind == "probabilities" else "zero"
 
 
 def _check_pool_args(
@@ -237,7 +238,7 @@ def _check_pool_args(
     b = _check_box(box, ordered=True)
     if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
         raise InvalidArgumentError(f"size must be a positive int, got {size!r}")
-    mode = default_fill(labelmap) if fill is None else fill
+    mode = default_fill(labelmap.score_kind) if fill is None else fill
     if mode not in FILL_MODES:
         raise InvalidArgumentError(f"fill must be one of {FILL_MODES} or None, got {fill!r}")
     try:

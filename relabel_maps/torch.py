@@ -51,7 +51,7 @@ from torchvision.transforms import v2  # noqa: E402
 from torchvision.transforms.v2 import functional as TF  # noqa: E402
 
 from .labelmap import LabelMap  # noqa: E402
-from .pooling import FILL_MODES  # noqa: E402
+from .pooling import FILL_MODES, default_fill  # noqa: E402
 
 try:  # PIL comes with torchvision
     from PIL.Image import Image as _PIL_IMAGE
@@ -628,7 +628,7 @@ def pool_batch(
 
 
 def _fill_mode(fill: str | None, score_kind: str) -> str:
-    mode = ("uniform" if score_kind == "probabilities" else "zero") if fill is None else fill
+    mode = default_fill(score_kind) if fill is None else fill
     if mode not in FILL_MODES:
         raise InvalidArgumentError(f"fill must be one of {FILL_MODES} or None, got {fill!r}")
     return mode
