@@ -83,7 +83,13 @@ class LabelMap:
         if idx.size and (not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or idx.max() >= num_classes):
             raise InvalidLabelMapError(f"class indices must be integers in [0, {num_classes})")
         idx = idx.astype(index_dtype)
-        cnt = None if counts is None else np.asarray(counts).astype(np.uint8)
+        cnt = None
+        if counts is not None:  # check before the uint8 cast, which would wrap out-of-range values
+            c = np.asarray(counts)
+            k = idx.shape[0]
+            if c.shape != idx.shape[1:] or (c.size and (not np.issubdtype(c.dtype, np.integer) or c.min() < 1 or c.max() > k)):
+                raise InvalidLabelMapError(f"counts must be integers in [1, {k}] of shape {idx.shape[1:]}")
+            cnt = c.astype(np.uint8)
         if sort and idx.size:
             keyed = -sc
             if cnt is not None:  # keep padding entries at the back
