@@ -39,6 +39,9 @@ class Codec(Protocol):
 
     name: str
     lossless: bool
+    #: optional (default False): decoded scores and lse are finite by construction, so a reader
+    #: may skip its per-record finiteness scan
+    finite: bool
 
     @property
     def spec(self) -> dict[str, Any]:
