@@ -253,7 +253,9 @@ def test_convert_cli(tmp_path):
     assert result.exit_code == 0 and "skipped" in result.output
 
 
-def test_resume_after_failure(tmp_path):
+def test_resume_after_failure(tmp_path, monkeypatch):
+    import relabel_maps.convert as conv
+
     src = tmp_path / "src"
     tensors = write_official_tree(src, n_per_class=2)
     bad = src / CLASSES[1] / "zz_broken.pt"  # sorted after n01443537_1000/1001: fails half-way
@@ -262,8 +264,13 @@ def test_resume_after_failure(tmp_path):
         convert_relabel(src, tmp_path / "out", max_records=2, resume=True)
     assert not (tmp_path / "out" / "out.index.json").exists()
     bad.unlink()
+    loaded = []
+    real_load = conv.load_tensor
+    monkeypatch.setattr(conv, "load_tensor", lambda data, name="<tensor>": loaded.append(name) or real_load(data, name))
     result = convert_relabel(src, tmp_path / "out", max_records=2, resume=True)
     assert result.records == 6
+    # the 4 tensors written before the failure are not read again, except the first (it opens the writer)
+    assert sorted(loaded) == sorted([sorted(tensors)[0], *sorted(tensors)[4:]])
     with relabel_maps.open(tmp_path / "out") as maps:
         assert sorted(maps) == sorted(rel[:-3] + ".JPEG" for rel in tensors)
 

@@ -204,6 +204,12 @@ def convert_release(
             if limit is not None and records >= limit:
                 break
             key = key_for(rel, image_suffix, key_depth)
+            if writer is not None and resume and key in writer:  # written by the earlier run: not re-read
+                source_bytes += size
+                records += 1
+                if progress is not None:
+                    progress(1)
+                continue
             try:
                 indices, scores = split_tensor(
                     load_tensor(read(), rel), rel, num_classes=num_classes, expect_k=expect_k, expect_hw=expect_hw
