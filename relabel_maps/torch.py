@@ -143,13 +143,12 @@ class TeacherFrame:
     def window(self, image_size: tuple[float, float]) -> tuple[float, float, float, float]:
         """The part of an original ``(width, height)`` image the teacher saw: ``(x0, y0, x1, y1)``
         pixels. For ``"center_crop"`` it is rounded to whole pixels as the annotator crops it."""
+        from .annotate.decode import source_window
+
         w0, h0 = int(image_size[0]), int(image_size[1])
         if self.resize == "squash":
             return 0.0, 0.0, float(w0), float(h0)
-        th, tw = self.input_size  # type: ignore[misc]
-        scale = max(th / h0, tw / w0) / self.crop_pct  # cover the input, then crop its centre
-        ch, cw = min(h0, max(1, round(th / scale))), min(w0, max(1, round(tw / scale)))
-        top, left = (h0 - ch) // 2, (w0 - cw) // 2
+        top, left, ch, cw = source_window(h0, w0, self.input_size, "center-crop", self.crop_pct)  # type: ignore[arg-type]
         return float(left), float(top), float(left + cw), float(top + ch)
 
     def normalize(

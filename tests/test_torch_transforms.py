@@ -48,12 +48,17 @@ def test_frame_from_metadata():
 
 
 def test_center_crop_window_matches_the_annotator():
-    from relabel_maps.annotate.decode import _crop_box
+    from relabel_maps.annotate.decode import resize_pil
 
-    frame = TeacherFrame("center_crop", (475, 475))
-    for w, h in ((500, 375), (375, 500), (640, 427), (101, 99)):
-        top, left, ch, cw = _crop_box(h, w, (475, 475), "center-crop")
-        assert frame.window((w, h)) == (left, top, left + cw, top + ch)
+    # the window TeacherFrame reports is the part of the image resize_pil keeps: mark its border
+    frame = TeacherFrame("center_crop", (64, 64))
+    for w, h in ((100, 75), (75, 100), (128, 85), (101, 99)):
+        x0, y0, x1, y1 = (int(v) for v in frame.window((w, h)))
+        img = np.zeros((h, w, 3), np.uint8)
+        img[y0:y1, x0:x1] = 255
+        assert resize_pil(img, (64, 64), "center-crop").min() == 255  # nothing outside the window is kept
+        assert (x1 - x0) == w or (y1 - y0) == h  # it covers the shorter side
+    assert TeacherFrame("center_crop", (64, 64), crop_pct=0.5).window((128, 128)) == (32.0, 32.0, 96.0, 96.0)
 
 
 def test_geometric_v2_transforms_update_the_box():

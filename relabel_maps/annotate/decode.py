@@ -145,12 +145,15 @@ def load_rgb(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray
         raise ImageDecodeError("unsupported-mode", f"mode {img.mode}: {type(exc).__name__}: {exc}") from None
 
 
-def _crop_box(h: int, w: int, size: Sequence[int], resize: str) -> tuple[int, int, int, int]:
-    """``(top, left, height, width)`` of the source region that is resized to ``size``."""
+def source_window(h: int, w: int, size: Sequence[int], resize: str, crop_pct: float = 1.0) -> tuple[int, int, int, int]:
+    """``(top, left, height, width)`` of the region of an ``h x w`` image that is resized to ``size``:
+    the whole image for ``"squash"``; for ``"center-crop"`` the centred window, in whole pixels, that
+    covers ``size`` after a resize to ``size / crop_pct``. Shared with the training-side
+    :class:`relabel_maps.torch.TeacherFrame`, so both agree on what the teacher saw."""
     if resize == "squash":
         return 0, 0, h, w
     th, tw = int(size[0]), int(size[1])
-    scale = max(th / h, tw / w)  # cover the target, then centre-crop its aspect ratio
+    scale = max(th / h, tw / w) / crop_pct  # cover the target, then centre-crop its aspect ratio
     ch, cw = min(h, max(1, round(th / scale))), min(w, max(1, round(tw / scale)))
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
@@ -164,7 +167,7 @@ def resize_image(img: Any, size: Sequence[int], resize: str = "squash", *, finis
     """
     import torch.nn.functional as F
 
-    top, left, ch, cw = _crop_box(int(img.shape[-2]), int(img.shape[-1]), size, resize)
+    top, left, ch, cw = source_window(int(img.shape[-2]), int(img.shape[-1]), size, resize)
     x = img[:, top : top + ch, left : left + cw].float()[None]
     if (ch, cw) != (int(size[0]), int(size[1])):
         x = F.interpolate(x, size=(int(size[0]), int(size[1])), mode="bicubic", antialias=True, align_corners=False)
@@ -177,7 +180,7 @@ def resize_pil(arr: np.ndarray, size: Sequence[int], resize: str = "squash") -> 
     from PIL import Image
 
     h, w = arr.shape[:2]
-    top, left, ch, cw = _crop_box(h, w, size, resize)
+    top, left, ch, cw = source_window(h, w, size, resize)
     th, tw = int(size[0]), int(size[1])
     if (ch, cw) == (th, tw):
         return np.ascontiguousarray(arr[top : top + ch, left : left + cw])
