@@ -35,7 +35,7 @@ _JOURNAL_VERSION = 1
 
 
 def _default_encoding(score_kind: str = "logits") -> str:
-    """``"compact"`` for logits (its fixed 1/128 step suits logits) when available, else ``"f16"``;
+    """``"compact"`` for logits (its fixed 1/256 step suits logits) when available, else ``"f16"``;
     always ``"f16"`` for probabilities, whose small values a fixed absolute step would flatten."""
     from .codecs import CODECS, _load_builtin
 

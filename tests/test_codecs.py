@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relabel_maps.codecs import FLAG_COUNTS, FLAG_LSE, RecordArrays, get_codec
-from relabel_maps.codecs.compact import DEFAULT_FINE_RANKS, DEFAULT_STEP, CompactCodec
+from relabel_maps.codecs.compact import DEFAULT_FINE_RANKS, DEFAULT_STEP, RECOMMENDED_STEP, CompactCodec
 from relabel_maps.errors import CorruptRecordError, InvalidArgumentError, InvalidLabelMapError
 
 ALL = [
@@ -214,12 +214,17 @@ def test_bad_fine_ranks(fine_ranks):
 
 
 def test_spec_and_defaults():
-    codec = get_codec("compact")
+    # a metadata mapping without parameters means the format's defaults (spec/ENCODINGS.md section 3)
+    codec = get_codec({"name": "compact"})
     assert isinstance(codec, CompactCodec) and not codec.lossless
     expected = {"name": "compact", "step": 2.0**-7, "fine_ranks": 2}
     assert codec.spec == {"name": "compact", "step": DEFAULT_STEP, "fine_ranks": DEFAULT_FINE_RANKS} == expected
     assert get_codec({"name": "compact", "step": 2.0**-7}).spec == expected
     assert get_codec(codec.spec).spec == codec.spec
+    # the bare name, as writers use it, selects the recommended step
+    recommended = get_codec("compact")
+    assert recommended.spec == {"name": "compact", "step": RECOMMENDED_STEP, "fine_ranks": 2} and RECOMMENDED_STEP == 2.0**-8
+    assert get_codec(recommended.spec).spec == recommended.spec
     assert get_codec("f32").lossless and not get_codec("f16").lossless
 
 

@@ -61,14 +61,17 @@ CODECS: dict[str, Any] = {}
 
 
 def register_codec(name: str, factory: Any) -> None:
-    """Register ``factory(**params) -> Codec`` under ``name``."""
+    """Register ``factory(**params) -> Codec`` under ``name``; the factory's optional ``recommended``
+    mapping holds the parameters that the bare name selects (see :func:`get_codec`)."""
     CODECS[name] = factory
 
 
 def get_codec(spec: str | Mapping[str, Any]) -> Codec:
-    """Return the codec named by ``spec`` (a name, or the metadata's ``"encoding"`` mapping)."""
+    """Return the codec named by ``spec``: a bare name gives the codec's recommended settings for
+    writing (its ``recommended`` parameters, e.g. step 1/256 for ``"compact"``); a mapping (the
+    metadata's ``"encoding"``) gives exactly its parameters, the format's defaults for any missing."""
     if isinstance(spec, str):
-        name, params = spec, {}
+        name, params = spec, None
     elif isinstance(spec, Mapping) and isinstance(spec.get("name"), str):
         params = {k: v for k, v in spec.items() if k != "name"}
         name = spec["name"]
@@ -77,6 +80,8 @@ def get_codec(spec: str | Mapping[str, Any]) -> Codec:
     _load_builtin()
     if name not in CODECS:
         raise InvalidArgumentError(f"unknown encoding {name!r}; known: {', '.join(sorted(CODECS))}")
+    if params is None:
+        params = dict(getattr(CODECS[name], "recommended", {}))
     try:
         return CODECS[name](**params)
     except TypeError as exc:

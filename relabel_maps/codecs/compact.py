@@ -31,10 +31,13 @@ from ..errors import CorruptRecordError, InvalidArgumentError, InvalidLabelMapEr
 from . import FLAG_COUNTS, FLAG_LSE, RecordArrays, register_codec
 from .raw import shuffle_bytes  # importing raw also registers f32/f16 when this module is imported first
 
-__all__ = ["CompactCodec", "DEFAULT_STEP", "DEFAULT_FINE_RANKS"]
+__all__ = ["CompactCodec", "DEFAULT_STEP", "DEFAULT_FINE_RANKS", "RECOMMENDED_STEP"]
 
-#: quantisation step of the logits: error <= 1/256, the worst case of float16 for logits in [8, 16)
+#: the format's step when an ``encoding`` mapping gives none (spec/ENCODINGS.md section 3)
 DEFAULT_STEP = 2.0**-7
+#: the step writers use for ``encoding="compact"``: error <= 1/512, float16's worst case for logits
+#: in [4, 8); at 1/128 the pooled error of some real teachers' maps exceeds float16's (section 4)
+RECOMMENDED_STEP = 2.0**-8
 #: ranks quantised with ``step``; lower ranks use ``2 * step`` (spec/ENCODINGS.md, section 4)
 DEFAULT_FINE_RANKS = 2
 _MAX_RANKS = 255
@@ -88,6 +91,8 @@ class CompactCodec:
     lossless = False
     #: decoded scores and lse are integers times ``step`` below 2**42 steps: always finite
     finite = True
+    #: parameters of the bare name ``"compact"`` (see :func:`relabel_maps.codecs.get_codec`)
+    recommended = {"step": RECOMMENDED_STEP}
 
     def __init__(self, step: float = DEFAULT_STEP, fine_ranks: int = DEFAULT_FINE_RANKS) -> None:
         try:

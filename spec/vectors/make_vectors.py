@@ -65,7 +65,7 @@ FILES: list[dict[str, Any]] = [
      "records": [("p0", 3, 4, 4, {"counts": True, "probabilities": True})]},
     {"path": "sharded", "writer": {"num_classes": 20, "k": 2, "encoding": "f16", "max_records": 2}, "seed": 4,
      "records": [("s0", 2, 3, 4, {}), ("s1", 2, 2, 2, {}), ("s2", 2, 4, 3, {})]},
-    {"path": "compact.rlm", "writer": {"num_classes": 1000, "k": 5, "encoding": "compact"}, "seed": 5,
+    {"path": "compact.rlm", "writer": {"num_classes": 1000, "k": 5, "encoding": {"name": "compact", "step": 2.0**-7, "fine_ranks": 2}}, "seed": 5,
      "records": [("img0", 5, 15, 15, {}), ("img1", 5, 8, 8, {})], "optional_codec": "compact"},
 ]
 
@@ -139,7 +139,8 @@ def build(out: str | Path) -> dict[str, Any]:
                 logits = synthetic_logits(rng, wargs["num_classes"], h, w)
                 rec = topk_record(logits, k, rng=rng, **opts)
                 writer.add(key, rec["indices"], rec["scores"], lse=rec["lse"], counts=rec["counts"])
-        entry: dict[str, Any] = {"path": spec["path"], "encoding": wargs["encoding"],
+        enc = wargs["encoding"]
+        entry: dict[str, Any] = {"path": spec["path"], "encoding": enc if isinstance(enc, str) else enc["name"],
                                  "num_classes": wargs["num_classes"],
                                  "score_kind": wargs.get("score_kind", "logits"), "records": {}}
         with relabel_maps.open(target) as maps:
