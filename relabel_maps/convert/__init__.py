@@ -204,43 +204,38 @@ def convert_release(
             if limit is not None and records >= limit:
                 break
             key = key_for(rel, image_suffix, key_depth)
-            if writer is not None and resume and key in writer:  # written by the earlier run: not re-read
-                source_bytes += size
-                records += 1
-                if progress is not None:
-                    progress(1)
-                continue
-            try:
-                indices, scores = split_tensor(
-                    load_tensor(read(), rel), rel, num_classes=num_classes, expect_k=expect_k, expect_hw=expect_hw
-                )
-            except FormatError as exc:
-                if not skip_invalid:
-                    raise
-                skipped.append((rel, str(exc)))
-                if progress is not None:
-                    progress(1)
-                continue
-            if writer is None:
-                kind = _detect_kind(scores) if score_kind == "auto" else score_kind
-                provenance["score_kind"] = kind
-                writer = Writer(
-                    output,
-                    num_classes=num_classes,
-                    k=int(indices.shape[0]),
-                    score_kind=kind,
-                    encoding=encoding,
-                    teacher=dict(teacher) if teacher else None,
-                    class_set=class_set,
-                    class_names=class_names,
-                    metadata=meta,
-                    max_records=max_records,
-                    max_bytes=max_bytes,
-                    overwrite=overwrite,
-                    resume=resume,
-                )
-            if not (resume and key in writer):  # resuming: keys written by the earlier run stay
-                writer.add(key, indices, scores)
+            if writer is None or not (resume and key in writer):  # keys the earlier run wrote are not read again
+                try:
+                    indices, scores = split_tensor(
+                        load_tensor(read(), rel), rel, num_classes=num_classes, expect_k=expect_k, expect_hw=expect_hw
+                    )
+                except FormatError as exc:
+                    if not skip_invalid:
+                        raise
+                    skipped.append((rel, str(exc)))
+                    if progress is not None:
+                        progress(1)
+                    continue
+                if writer is None:
+                    kind = _detect_kind(scores) if score_kind == "auto" else score_kind
+                    provenance["score_kind"] = kind
+                    writer = Writer(
+                        output,
+                        num_classes=num_classes,
+                        k=int(indices.shape[0]),
+                        score_kind=kind,
+                        encoding=encoding,
+                        teacher=dict(teacher) if teacher else None,
+                        class_set=class_set,
+                        class_names=class_names,
+                        metadata=meta,
+                        max_records=max_records,
+                        max_bytes=max_bytes,
+                        overwrite=overwrite,
+                        resume=resume,
+                    )
+                if not (resume and key in writer):  # the first file opens the writer, then may be a written key
+                    writer.add(key, indices, scores)
             source_bytes += size
             records += 1
             if progress is not None:
