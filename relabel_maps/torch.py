@@ -145,10 +145,9 @@ class TeacherFrame:
         pixels. For ``"center_crop"`` it is rounded to whole pixels as the annotator crops it."""
         from .annotate.decode import source_window
 
-        w0, h0 = int(image_size[0]), int(image_size[1])
-        if self.resize == "squash":
-            return 0.0, 0.0, float(w0), float(h0)
-        top, left, ch, cw = source_window(h0, w0, self.input_size, "center-crop", self.crop_pct)  # type: ignore[arg-type]
+        top, left, ch, cw = source_window(
+            int(image_size[1]), int(image_size[0]), self.input_size or (0, 0), self.resize, self.crop_pct
+        )
         return float(left), float(top), float(left + cw), float(top + ch)
 
     def normalize(

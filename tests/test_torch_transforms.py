@@ -50,14 +50,19 @@ def test_frame_from_metadata():
 def test_center_crop_window_matches_the_annotator():
     from relabel_maps.annotate.decode import resize_pil
 
-    # the window TeacherFrame reports is the part of the image resize_pil keeps: mark its border
+    # the window TeacherFrame reports is exactly the part of the image the annotator's resize keeps:
+    # squashing that window gives the same pixels as the annotator's centre-crop resize
+    rng = np.random.default_rng(0)
     frame = TeacherFrame("center_crop", (64, 64))
-    for w, h in ((100, 75), (75, 100), (128, 85), (101, 99)):
+    for w, h in ((100, 75), (75, 100), (128, 85), (101, 99), (64, 64)):
         x0, y0, x1, y1 = (int(v) for v in frame.window((w, h)))
-        img = np.zeros((h, w, 3), np.uint8)
-        img[y0:y1, x0:x1] = 255
-        assert resize_pil(img, (64, 64), "center-crop").min() == 255  # nothing outside the window is kept
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        np.testing.assert_array_equal(
+            resize_pil(img, (64, 64), "center-crop"), resize_pil(img[y0:y1, x0:x1], (64, 64), "squash")
+        )
         assert (x1 - x0) == w or (y1 - y0) == h  # it covers the shorter side
+    assert frame.window((100, 75)) == (12.0, 0.0, 87.0, 75.0)
+    assert TeacherFrame("squash").window((100, 75)) == (0.0, 0.0, 100.0, 75.0)
     assert TeacherFrame("center_crop", (64, 64), crop_pct=0.5).window((128, 128)) == (32.0, 32.0, 96.0, 96.0)
 
 
