@@ -6,13 +6,15 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= build/demo
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test check bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[all,dev]"
+# constraints.txt pins the torch/torchvision pair known to install and import together here;
+# the published extras accept a range.
+$(VENV)/.installed: pyproject.toml setup.py constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[all,dev]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -27,6 +29,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+check: install
+	$(BIN)/ruff check relabel_maps cli tests benchmarks examples spec
+	$(BIN)/mypy
 
 bench: install
 	$(BIN)/python benchmarks/bench_pool.py

@@ -9,6 +9,7 @@ The core (this package's top level) needs only numpy and zstandard::
 
 from __future__ import annotations
 
+from ._version import __version__
 from .errors import (
     CorruptRecordError,
     DependencyError,
@@ -26,8 +27,6 @@ from .labelmap import LabelMap
 from .opener import open
 from .reader import LabelMaps
 from .writer import Writer
-
-__version__ = "0.1.0"
 
 __all__ = [
     "__version__",
