@@ -24,15 +24,20 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
+from skimage import data as skdata
+
+from relabel_maps.annotate import annotate, load_teacher
+from relabel_maps.annotate.decode import load_item
+from relabel_maps.annotate.sources import list_images
+from relabel_maps.annotate.step import get_step, resolve_precision
 
 DEFAULT_CPU = ["lite0-packaged:pretrained:475:8:48", "resnet50:random:224:16:64"]
 
 
 def make_jpeg_folder(root: Path, n: int, size: tuple[int, int] = (500, 375), unique: int = 128) -> None:
     """``n`` JPEGs of ImageNet-like size: ``unique`` distinct photos, the rest symlinks to them."""
-    from PIL import Image
-    from skimage import data as skdata
-
     photos = [skdata.chelsea(), skdata.coffee(), skdata.astronaut(), skdata.rocket(), skdata.hubble_deep_field()]
     rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
@@ -54,21 +59,15 @@ def make_jpeg_folder(root: Path, n: int, size: tuple[int, int] = (500, 375), uni
 def premade_batch(folder: Path, teacher, batch: int, device):
     """The first ``batch`` images of ``folder``, decoded and resized as the pipeline does, on ``device``
     (real photos, not noise: noise can hit slow denormal paths on CPUs)."""
-    import torch
-
-    from relabel_maps.annotate.decode import load_item
-    from relabel_maps.annotate.sources import list_images
-
     items = list_images(folder)[:batch]
-    frames = [load_item(i, it.key, it.path, size=teacher.input_size, resize=teacher.resize).data
+    frames = [load_item(i, it.key, it.path, size=teacher.input_size, crop_mode=teacher.crop_mode,
+                        crop_pct=teacher.crop_pct).data
               for i, it in enumerate(items)]
     return torch.stack(frames).to(device).float()
 
 
 def forward_only(step, x, iters: int, device) -> float:
     """img/s of the compute step on pre-made device tensors (uint8-valued floats, like the pipeline's)."""
-    import torch
-
     batch = x.shape[0]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(2):  # warm-up (and compilation)
@@ -83,11 +82,6 @@ def forward_only(step, x, iters: int, device) -> float:
 
 
 def run_config(spec: str, args: argparse.Namespace) -> tuple[str, float, float]:
-    import torch
-
-    from relabel_maps.annotate import annotate, load_teacher
-    from relabel_maps.annotate.pipeline import _resolve_precision, get_step
-
     name, weights, size, batch, images = spec.split(":")
     size_i, batch_i, n = int(size), int(batch), int(images)
     device = torch.device(args.device)
@@ -98,7 +92,7 @@ def run_config(spec: str, args: argparse.Namespace) -> tuple[str, float, float]:
         input_size=size_i,
         device=device,
     )
-    prec = _resolve_precision(args.precision, device.type)
+    prec = resolve_precision(args.precision, device.type)
     is_cuda = device.type == "cuda"
     step = get_step(teacher, args.k, prec, True, is_cuda, args.compile)  # the step annotate() uses
     iters = max(2, n // batch_i)

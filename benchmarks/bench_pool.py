@@ -106,9 +106,9 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
+    from _official import official_pool, topk_tensor  # benchmarks/_official.py
 
     import relabel_maps
-    from _official import official_pool, topk_tensor  # benchmarks/_official.py
     from relabel_maps.pooling import pool, to_official_coords
 
     torch.set_num_threads(1)

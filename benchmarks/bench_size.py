@@ -22,6 +22,8 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import zstandard
@@ -35,7 +37,7 @@ from relabel_maps.pooling import box_weights  # noqa: E402
 
 NUM_CLASSES = 1000
 LEVEL = 19
-ENCODINGS = [
+ENCODINGS: list[tuple[str, dict[str, Any]]] = [
     ("f32", {"name": "f32"}),
     ("f16", {"name": "f16"}),
     ("compact step 1/128", {"name": "compact", "step": 2.0**-7, "fine_ranks": 2}),
@@ -82,6 +84,8 @@ class PooledError:
             s = np.exp(s - s.max(axis=0))
             s /= s.sum(axis=0)
         elif self.fill == "uniform":
+            if self.lse is None:
+                raise ValueError("the uniform fill needs the float32 lse")
             s = np.exp(s - self.lse[i].reshape(h * w))
             dense += (np.clip(1.0 - s.sum(axis=0), 0.0, None) / (NUM_CLASSES - k))[:, None]
         dense[np.tile(np.arange(h * w), k), self.indices[i].reshape(-1)] = s.reshape(-1)
@@ -102,7 +106,7 @@ def official_bytes(indices: np.ndarray, scores: np.ndarray) -> float:
     from _official import topk_tensor  # benchmarks/_official.py
 
     sizes = []
-    for i, s in zip(indices, scores):
+    for i, s in zip(indices, scores, strict=True):
         buf = io.BytesIO()
         torch.save(topk_tensor(i, s), buf)
         sizes.append(buf.tell())
@@ -110,7 +114,7 @@ def official_bytes(indices: np.ndarray, scores: np.ndarray) -> float:
 
 
 def through_container(
-    spec: dict, data: dict, with_lse: bool, dictionary: bool = False
+    spec: dict[str, Any], data: dict[str, np.ndarray], with_lse: bool, dictionary: bool = False
 ) -> tuple[float, np.ndarray, str]:
     """(bytes per image, decoded scores, how measured): file size / images through the real
     Writer and open(); codec body + zstd when the container is not usable."""
@@ -122,8 +126,8 @@ def through_container(
             k = data["indices"].shape[1]
             with relabel_maps.Writer(path, num_classes=NUM_CLASSES, k=k, encoding=spec, level=LEVEL,
                                      dictionary=dictionary) as wr:
-                for n, (i, s, l) in enumerate(zip(data["indices"], data["scores"], data["lse"])):
-                    wr.add(f"{n:05d}", i, s, lse=l if with_lse else None)
+                for n, (i, s, lse) in enumerate(zip(data["indices"], data["scores"], data["lse"], strict=True)):
+                    wr.add(f"{n:05d}", i, s, lse=lse if with_lse else None)
             size = os.path.getsize(path) / len(data["indices"])
             with relabel_maps.open(path) as maps:
                 keys = list(maps)
@@ -136,15 +140,17 @@ def through_container(
     except Exception as exc:  # the container is optional for this measurement
         why = f"codec body + zstd ({type(exc).__name__}: {exc})"
     codec, cz = get_codec(spec), zstandard.ZstdCompressor(level=LEVEL)
-    sizes, dec = [], []
-    for i, s, l in zip(data["indices"], data["scores"], data["lse"]):
-        body = codec.encode(RecordArrays(i, s, None, l if with_lse else None))
+    sizes: list[int] = []
+    decoded: list[np.ndarray] = []
+    for i, s, lse in zip(data["indices"], data["scores"], data["lse"], strict=True):
+        body = codec.encode(RecordArrays(i, s, None, lse if with_lse else None))
         sizes.append(len(cz.compress(body)))
-        dec.append(codec.decode(body, *i.shape, FLAG_LSE if with_lse else 0, i.dtype).scores)
-    return float(np.mean(sizes)), np.stack(dec), why
+        k, h, w = i.shape
+        decoded.append(codec.decode(body, k, h, w, FLAG_LSE if with_lse else 0, i.dtype).scores)
+    return float(np.mean(sizes)), np.stack(decoded), why
 
 
-def decode_us(spec: dict, data: dict) -> tuple[float, float]:
+def decode_us(spec: dict[str, Any], data: dict[str, np.ndarray]) -> tuple[float, float]:
     """Microseconds to decode one record body and to decompress its zstd frame (best of 7 runs)."""
     codec = get_codec(spec)
     i, s = data["indices"][0], data["scores"][0]
@@ -152,7 +158,7 @@ def decode_us(spec: dict, data: dict) -> tuple[float, float]:
     frame = zstandard.ZstdCompressor(level=LEVEL).compress(body)
     dctx = zstandard.ZstdDecompressor()
 
-    def best(fn) -> float:
+    def best(fn: Callable[[], object]) -> float:
         times = []
         for _ in range(7):
             t = time.perf_counter()
@@ -161,7 +167,8 @@ def decode_us(spec: dict, data: dict) -> tuple[float, float]:
             times.append((time.perf_counter() - t) / 300)
         return min(times) * 1e6
 
-    return best(lambda: codec.decode(body, *i.shape, 0, i.dtype)), best(lambda: dctx.decompress(frame))
+    k, h, w = i.shape
+    return best(lambda: codec.decode(body, k, h, w, 0, i.dtype)), best(lambda: dctx.decompress(frame))
 
 
 def main() -> None:
@@ -189,8 +196,9 @@ def main() -> None:
         ("raw uint16 + float16", lambda i, s: i.tobytes() + s.astype(np.float16).tobytes(), f16),
     ]:
         e = errors(dec)
-        rows.append((name, float(np.mean([len(parts(i, s)) for i, s in zip(idx, sc)])), e, "bytes"))
-        rows.append(("zstd(" + name + ")", float(np.mean([len(cz.compress(parts(i, s))) for i, s in zip(idx, sc)])),
+        pairs = list(zip(idx, sc, strict=True))
+        rows.append((name, float(np.mean([len(parts(i, s)) for i, s in pairs])), e, "bytes"))
+        rows.append(("zstd(" + name + ")", float(np.mean([len(cz.compress(parts(i, s))) for i, s in pairs])),
                      e, f"zstd -{LEVEL}"))
     for with_lse in (False, True):
         for name, spec in ENCODINGS if not with_lse else ENCODINGS[:4]:
@@ -205,7 +213,7 @@ def main() -> None:
     for name, size, e, how in rows:
         print(f"{name:<{width}}  {size:8.0f}  {official / size:8.1f}x  {e[0]:20.2e}  {e[1]:8.2e}  {e[2]:8.2e}  {how}")
     f16_err = errors(f16)
-    ok = [r for r in rows if all(a <= b for a, b in zip(r[2], f16_err)) and "lse" not in r[0]]
+    ok = [r for r in rows if all(a <= b for a, b in zip(r[2], f16_err, strict=True)) and "lse" not in r[0]]
     best = min(ok, key=lambda r: r[1])
     print(f"\nfloat16 pooled error on these maps/boxes (zero / topk / uniform fill): "
           f"{' / '.join(f'{e:.2e}' for e in f16_err)}; smallest layout at or below it in all three: "

@@ -9,8 +9,8 @@ One run, same images and maps:
     * library, ``mode="map"``: the loader ships the sparse maps, the training step pools the batch with
       ``pool_batch`` (its cost is included, on the pooling device);
     -> overhead over plain labels, in percent (median epoch rate of each configuration; the
-    configurations are interleaved epoch by epoch in a rotating order, draw the same shuffle and crops from the same seed
-    and run with the same worker count). The image pipeline is the same random-resized crop + flip +
+    configurations are interleaved epoch by epoch in a rotating order, draw the same shuffle and crops from the
+    same seed and run with the same worker count). The image pipeline is the same random-resized crop + flip +
     to-tensor everywhere: stock v2 transforms for plain labels, the box-returning ones for the library
     (their fast lane skips part of the v2 dispatch; (c) shows both costs), and the functional ops the
     official code calls directly (a little cheaper than the v2 dispatch, so its overhead is if
@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _official import dense_baseline, official_pool, topk_tensor  # benchmarks/_official.py
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
@@ -41,18 +42,17 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 import relabel_maps
-from _official import dense_baseline, official_pool, topk_tensor  # benchmarks/_official.py
 from relabel_maps.torch import (
     CropBox,
     LabelMapDataset,
-    SparseLabel,
-    image_folder_key,
     RandomHorizontalFlipWithBox,
     RandomResizedCropWithBox,
+    SparseLabel,
     collate_label_maps,
-    transform_with_box,
+    image_folder_key,
     pool_batch,
     stack_label_maps,
+    transform_with_box,
 )
 
 C, K, GRID = 1000, 5, 15
@@ -82,7 +82,7 @@ def make_data(root: Path, n: int, size: tuple[int, int], seed: int = 0) -> tuple
         (images / key).parent.mkdir(parents=True, exist_ok=True)
         photo_like(rng, size).save(images / key, quality=90)
         keys.append(key)
-    with relabel_maps.Writer(rlm, num_classes=C, k=K, teacher={"resize": "squash", "input_size": [475, 475]}) as w:
+    with relabel_maps.Writer(rlm, num_classes=C, k=K, teacher={"crop_mode": "squash", "input_size": [475, 475]}) as w:
         for key in keys:
             # ~80 candidate classes per image with smooth spatial fields, like real teacher maps
             cand = rng.choice(C, 80, replace=False)
@@ -194,7 +194,9 @@ def bench_pooling(maps, args: argparse.Namespace, device: str) -> None:
     r_base = pool_rate(base, args.pool_iters, len(chosen), device)
     print(f"  {device:5s} B={len(chosen):5d}  dense scatter + roi_align       {r_base:12,.0f} samples/s")
     for dtype in (torch.float64, torch.float32):
-        ours = lambda: pool_batch(batch.indices, batch.scores, batch.boxes, batch.flips, C, dtype=dtype)  # noqa: E731
+        ours = lambda dtype=dtype: pool_batch(  # noqa: E731
+            batch.indices, batch.scores, batch.boxes, batch.flips, C, dtype=dtype
+        )
         diff = float((ours() - base()).abs().max())
         r_ours = pool_rate(ours, args.pool_iters, len(chosen), device)
         print(f"  {device:5s} B={len(chosen):5d}  pool_batch ({str(dtype)[6:]} accumulation) {r_ours:12,.0f} samples/s"
@@ -224,16 +226,19 @@ def bench_components(images: Path, rlm: Path, pt_dir: Path, args: argparse.Names
     with relabel_maps.open(rlm) as maps:
         keys = [image_folder_key(base, i) for i in range(n)]
         lms = [maps[k] for k in keys]
-        items = [(torch.zeros(1), SparseLabel(m.indices, m.scores, (0.1, 0.2, 0.7, 0.9), True, C, "logits", None, None, k))
-                 for m, k in zip(lms, keys)]
+        box = (0.1, 0.2, 0.7, 0.9)
+        items = [(torch.zeros(1), SparseLabel(m.indices, m.scores, box, True, C, "logits", None, None, k))
+                 for m, k in zip(lms, keys, strict=True)]
         rows = {
             "load + decode image (ImageFolder)": cpu_us(lambda i: base[i % n], 2 * n),
             "stock v2 crop + flip + to tensor": cpu_us(lambda i: stock(pil[i % n]), 2 * n),
-            "same, CropBox through the v2 dispatch": cpu_us(lambda i: boxed(pil[i % n], CropBox.like(pil[i % n])), 2 * n),
+            "same, CropBox through the v2 dispatch": cpu_us(
+                lambda i: boxed(pil[i % n], CropBox.like(pil[i % n])), 2 * n
+            ),
             "same, fast lane (transform_with_box)": cpu_us(lambda i: transform_with_box(boxed, pil[i % n]), 2 * n),
-            "official: torch.load .pt + dense + roi_align": cpu_us(lambda i: official.label(i % n, (0.1, 0.2, 0.7, 0.9)), 4 * n),
+            "official: torch.load .pt + dense + roi_align": cpu_us(lambda i: official.label(i % n, box), 4 * n),
             "library: read record (decode)": cpu_us(lambda i: maps[keys[i % n]], 8 * n),
-            "library: numpy pool of one crop": cpu_us(lambda i: lms[i % n].pool((0.1, 0.2, 0.7, 0.9), flip=True), 8 * n),
+            "library: numpy pool of one crop": cpu_us(lambda i: lms[i % n].pool(box, flip=True), 8 * n),
             "library: collate_label_maps (per sample)": cpu_us(lambda i: collate_label_maps(items), 20) / n,
             "library: pool_batch on CPU (per sample)": cpu_us(lambda i: collate_label_maps(items)[1].pool(), 20) / n,
         }
@@ -257,7 +262,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="auto", help="where mode='map' batches are pooled (auto: cuda if present)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    if args.device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        device = args.device
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -292,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
             rate = statistics.median(r)
             line = f"  {name:48s} {rate:8.1f} img/s"
             if r is not plain_rates:
-                paired = sorted((p / x - 1.0) * 100 for p, x in zip(plain_rates, r))
+                paired = sorted((p / x - 1.0) * 100 for p, x in zip(plain_rates, r, strict=True))
                 line += (f"   overhead {(plain / rate - 1.0) * 100:+6.1f} % [{paired[0]:+5.1f} .. {paired[-1]:+5.1f}]"
                          f"   ({(1 / rate - 1 / plain) * 1e6:6.1f} us/sample)")
             print(line)

@@ -26,7 +26,8 @@ import numpy as np
 
 PRESET = os.environ.get("RELABEL_REAL_TEACHER", "lite0-packaged")
 _WHICH = PRESET.split("-", 1)[0]
-CACHE = os.environ.get("RELABEL_REAL_MAPS", "/tmp/real_maps.npz" if _WHICH == "lite0" else f"/tmp/real_maps_{_WHICH}.npz")
+_DEFAULT_CACHE = "/tmp/real_maps.npz" if _WHICH == "lite0" else f"/tmp/real_maps_{_WHICH}.npz"
+CACHE = os.environ.get("RELABEL_REAL_MAPS", _DEFAULT_CACHE)
 SIZE = 475
 PHOTOS = (
     "astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle",

@@ -1,5 +1,5 @@
 """``python -m relabel_maps_cli``: the same as the ``relabel-maps`` command."""
 
-from .main import main
+from . import run
 
-main(prog_name="relabel-maps")
+run()

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from relabel_maps.annotate.decode import DEFAULT_MAX_PIXELS
+from relabel_maps.annotate import DEFAULT_MAX_PIXELS, list_presets, load_teacher, parse_shard, resolve_source
+from relabel_maps.annotate import annotate as run
+from relabel_maps.frame import CROP_MODES, normalize_crop_mode
 
-from .common import echo_json
+from .common import console, echo_json
 
 __all__ = ["annotate"]
 
@@ -23,11 +30,19 @@ _PRESET_HELP = (
 def _list_teachers(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
-    from relabel_maps.annotate.teachers import list_presets
-
     for p in list_presets():
-        click.echo(f"{p.name:<16} {p.model} @ {p.input_size[0]}x{p.input_size[1]} {p.resize}  {p.description}")
+        click.echo(f"{p.name:<16} {p.model} @ {p.input_size[0]}x{p.input_size[1]} {p.crop_mode}  {p.description}")
     ctx.exit()
+
+
+def _crop_mode(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A crop mode in any spelling :func:`relabel_maps.frame.normalize_crop_mode` reads (``center-crop``, ...)."""
+    if value is None:
+        return None
+    try:
+        return normalize_crop_mode(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _size(value: str | None) -> tuple[int, int] | None:
@@ -55,9 +70,14 @@ def _size(value: str | None) -> tuple[int, int] | None:
 @click.option("--random-init", is_flag=True, help="Random weights (throughput measurements and tests only).")
 @click.option("--input-size", metavar="N|HxW", help="Override the teacher's input size.")
 @click.option(
-    "--resize", type=click.Choice(["squash", "center-crop"]),
-    help="Override the resize mode (presets: squash, as ReLabel).",
+    "--crop-mode", type=click.Choice(CROP_MODES),
+    help="How the image fits the input: squash it whole (presets, as ReLabel) or resize and crop the centre.",
 )
+@click.option(
+    "--crop-pct", type=click.FloatRange(0, 1, min_open=True),
+    help="With --crop-mode center: the crop covers this fraction of the resized image [default: 1].",
+)
+@click.option("--resize", callback=_crop_mode, hidden=True, help="Former name of --crop-mode.")
 @click.option("--num-classes", type=int, help="Classifier size (with --random-init).")
 @click.option(
     "--k", "-k", default=5, show_default=True, type=click.IntRange(1, 255),
@@ -126,6 +146,8 @@ def annotate(
     checkpoint: str | None,
     random_init: bool,
     input_size: str | None,
+    crop_mode: str | None,
+    crop_pct: float | None,
     resize: str | None,
     num_classes: int | None,
     k: int,
@@ -152,9 +174,9 @@ def annotate(
     """Run a TEACHER over the images of SOURCE and write top-k label maps to OUT.
 
     SOURCE is a folder (any tree; keys are relative paths, e.g. ImageNet's
-    n01440764/n01440764_10026.JPEG), one image, or @samples (two photos shipped with the package). OUT is NAME.rlm (one file) or a folder
-    (shards). Re-running the same command resumes; under torchrun every rank writes its own
-    part (join them with 'relabel-maps merge').
+    n01440764/n01440764_10026.JPEG), one image, or @samples (two photos shipped with the package).
+    OUT is NAME.rlm (one file) or a folder (shards). Re-running the same command resumes; under
+    torchrun every rank writes its own part (join them with 'relabel-maps merge').
 
     \b
     Examples:
@@ -170,14 +192,8 @@ def annotate(
     if num_classes is not None and not random_init:
         raise click.UsageError("--num-classes only applies with --random-init")
     size = _size(input_size)
-    from relabel_maps.annotate.sources import resolve_source
-
     if not resolve_source(source).exists():
         raise click.BadParameter(f"{source!r} does not exist (a folder, an image, or @samples)", param_hint="SOURCE")
-    import torch
-
-    from relabel_maps.annotate import annotate as run, load_teacher, parse_shard
-
     shard_pair = parse_shard(shard)
     if device is not None:
         try:
@@ -192,34 +208,69 @@ def annotate(
         pretrained=not random_init,
         device="cpu",  # annotate() moves it to this rank's device
         input_size=size,
-        resize=resize,
+        crop_mode=crop_mode or resize,
+        crop_pct=crop_pct,
         num_classes=num_classes,
     )
-    summary = run(
-        source,
-        out,
-        t,
-        k=k,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        precision=precision,
-        compile=compile_,
-        encoding=encoding,
-        level=level,
-        store_lse=not no_lse,
-        max_records=max_records,
-        shard=shard_pair,
-        limit=limit,
-        globs=globs,
-        file_list=file_list,
-        failures=failures,
-        max_pixels=max_pixels,
-        gpu_decode=False if no_gpu_decode else None,
-        overwrite=overwrite,
-        progress=not quiet and not as_json and sys.stderr.isatty(),
-    )
+    show_bar = not quiet and not as_json and sys.stderr.isatty()
+    with _progress_bar(show_bar, f"annotate {t.preset or t.name}") as progress:
+        summary = run(
+            source,
+            out,
+            t,
+            k=k,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            precision=precision,
+            compile=compile_,
+            encoding=encoding,
+            level=level,
+            store_lse=not no_lse,
+            max_records=max_records,
+            shard=shard_pair,
+            limit=limit,
+            globs=globs,
+            file_list=file_list,
+            failures=failures,
+            max_pixels=max_pixels,
+            gpu_decode=False if no_gpu_decode else None,
+            overwrite=overwrite,
+            progress=progress,
+        )
     _report(summary.as_dict(), as_json)
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool, description: str) -> Iterator[Callable[..., None] | None]:
+    """A progress bar on stderr with img/s, skipped and failed counts; yields the callable
+    :func:`relabel_maps.annotate.annotate` reports to (``None`` when disabled)."""
+    if not enabled:
+        yield None
+        return
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} img/s"),
+        TimeRemainingColumn(),
+        TextColumn("skipped {task.fields[skipped]} failed {task.fields[failed]}"),
+    )
+    with Progress(*columns, console=console(stderr=True)) as bar:
+        row = bar.add_task(description, total=None, rate="-", skipped=0, failed=0)
+        t0 = time.perf_counter()
+        counts = {"processed": 0, "skipped": 0, "failed": 0}
+
+        def advance(n: int = 1, total: int | None = None, skipped: int = 0, failed: int = 0) -> None:
+            if total is not None:
+                bar.update(row, total=total)
+            counts["skipped"] += skipped
+            counts["failed"] += failed
+            counts["processed"] += n - skipped  # images this run annotated or gave up on
+            rate = counts["processed"] / max(time.perf_counter() - t0, 1e-9)
+            bar.update(row, advance=n, rate=f"{rate:7.1f}", skipped=counts["skipped"], failed=counts["failed"])
+
+        yield advance
 
 
 def _report(s: dict[str, Any], as_json: bool) -> None:

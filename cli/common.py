@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
+import os
 import sys
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import click
+
+import relabel_maps
+from relabel_maps.errors import InvalidBoxError
+from relabel_maps.pooling import check_box
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.console import Console
 
 __all__ = [
     "BOX",
@@ -22,31 +30,29 @@ __all__ = [
 
 
 class BoxType(click.ParamType):
-    """A crop box ``x0,y0,x1,y1`` in normalised coordinates."""
+    """A crop box ``x0,y0,x1,y1`` in normalised coordinates (checked by :func:`relabel_maps.pooling.check_box`)."""
 
     name = "x0,y0,x1,y1"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[float, ...]:
-        if isinstance(value, tuple):
-            return value
-        parts = [p.strip() for p in str(value).replace(" ", ",").split(",") if p.strip()]
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[float, float, float, float]:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.replace(" ", ",").split(",") if p.strip()]
+            try:
+                value = tuple(float(p) for p in parts)
+            except ValueError:
+                self.fail(f"{value!r} is not four comma-separated numbers x0,y0,x1,y1", param, ctx)
         try:
-            box = tuple(float(p) for p in parts)
-        except ValueError:
-            self.fail(f"{value!r} is not four comma-separated numbers x0,y0,x1,y1", param, ctx)
-        if len(box) != 4:
-            self.fail(f"{value!r} has {len(box)} numbers; a box is x0,y0,x1,y1", param, ctx)
-        if not all(math.isfinite(v) for v in box):
-            self.fail(f"{value!r} contains NaN or infinity", param, ctx)
-        if box[2] <= box[0] or box[3] <= box[1]:
-            self.fail(f"{value!r} is empty or inverted (need x0 < x1 and y0 < y1)", param, ctx)
-        return box
+            return check_box(value)
+        except InvalidBoxError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 BOX = BoxType()
 
 
-def console(stderr: bool = False, markup: bool = False):
+def console(stderr: bool = False, markup: bool = False) -> Console:
     """A rich console writing to click's current stdout/stderr (so CliRunner captures it).
 
     Markup is off by default: keys and class names may contain ``[brackets]``."""
@@ -61,12 +67,8 @@ def echo_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False))
 
 
-def open_maps(path: str, **kwargs: Any):
+def open_maps(path: str, **kwargs: Any) -> relabel_maps.LabelMaps:
     """``relabel_maps.open(path)`` with a friendly message for a missing local path."""
-    import os
-
-    import relabel_maps
-
     if not path.startswith("hf://") and not os.path.exists(path):
         raise click.ClickException(f"no such file or folder: {path}")
     return relabel_maps.open(path, **kwargs)
@@ -85,9 +87,22 @@ def progress_bar(total: int | None | Callable[[], int | None], description: str)
     if callable(total):
         total = total()
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, console=Console(file=stream), transient=True) as progress:
         bar_id = progress.add_task(description, total=total)
 

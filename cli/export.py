@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import click
 
+import relabel_maps.export as summary_table
+from relabel_maps.pooling import FILL_MODES
+
 from .common import console, open_maps, progress_bar
 
 __all__ = ["export"]
@@ -21,12 +24,13 @@ Columns: key, height, width, top_classes, top_scores, [top_names], top1_share
 @click.argument("path")
 @click.option("--parquet", "parquet", required=True, type=click.Path(dir_okay=False), help="Parquet file to write.")
 @click.option("--top", "top_n", default=5, show_default=True, type=click.IntRange(1), help="Classes per row.")
-@click.option("--fill", type=click.Choice(["zero", "topk", "uniform"]), default=None, help="Fill mode of the pooled label (default: the map's).")
+@click.option(
+    "--fill", type=click.Choice(FILL_MODES), default=None,
+    help="Fill mode of the pooled label (default: the map's).",
+)
 def export(path: str, parquet: str, top_n: int, fill: str | None) -> None:
     """Write one row per image: whole-image pooled top classes and scores."""
-    from relabel_maps.export import export_parquet
-
     with open_maps(path) as maps:
         with progress_bar(len(maps), "exporting") as advance:
-            rows = export_parquet(maps, parquet, top=top_n, fill=fill, progress=advance)
+            rows = summary_table.export_parquet(maps, parquet, top=top_n, fill=fill, progress=advance)
     console().print(f"wrote {rows:,} rows to {parquet}")

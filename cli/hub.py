@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import click
+
+from relabel_maps import hub
+from relabel_maps.errors import InvalidArgumentError
 
 from .common import console, progress_bar
 
@@ -10,13 +15,11 @@ __all__ = ["push", "pull"]
 
 
 def _repo_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    from relabel_maps.errors import InvalidArgumentError
-    from relabel_maps.hub import HF_SCHEME, parse_hub_url, validate_repo_id
-
+    """A validated ``owner/name`` or normalised ``hf://`` URL."""
     try:
-        if value.startswith(HF_SCHEME):
-            return str(parse_hub_url(value))
-        return validate_repo_id(value)
+        if value.startswith(hub.HF_SCHEME):
+            return str(hub.parse_hub_url(value))
+        return hub.validate_repo_id(value)
     except InvalidArgumentError as exc:
         raise click.BadParameter(str(exc)) from None
 
@@ -32,7 +35,9 @@ Log in first with `hf auth login` or set HF_TOKEN; the token is never printed.""
 )
 @click.argument("path", type=click.Path(exists=True))
 @click.argument("repo_id", callback=_repo_id)
-@click.option("--private", is_flag=True, default=None, help="Create the repo as private (only when it does not exist yet).")
+@click.option(
+    "--private", is_flag=True, default=None, help="Create the repo as private (only when it does not exist yet)."
+)
 @click.option("--revision", default=None, help="Branch to push to (default: main).")
 @click.option("--path-in-repo", default="", help="Folder inside the repo for the shards and index.")
 @click.option("--license", "license_", default="other", show_default=True, help="License id for the dataset card.")
@@ -41,21 +46,37 @@ Log in first with `hf auth login` or set HF_TOKEN; the token is never printed.""
 @click.option("--keep-stale", is_flag=True, help="Keep remote .rlm/.index.json files this dataset no longer has.")
 @click.option("--message", "-m", default=None, help="Commit message.")
 @click.option("--dry-run", is_flag=True, help="Show what would be uploaded; change nothing.")
-def push(path, repo_id, private, revision, path_in_repo, license_, tags, no_preview, keep_stale, message, dry_run) -> None:
+def push(
+    path: str,
+    repo_id: str,
+    private: bool | None,
+    revision: str | None,
+    path_in_repo: str,
+    license_: str,
+    tags: Sequence[str],
+    no_preview: bool,
+    keep_stale: bool,
+    message: str | None,
+    dry_run: bool,
+) -> None:
     """Upload the dataset at PATH to the Hub dataset repo REPO_ID (owner/name).
 
     Creates the repo when needed and uploads the shards, index, a README dataset
     card and a Parquet preview. Re-pushing uploads only files whose content changed.
     """
-    from relabel_maps import hub
-
     out = console()
     if repo_id.startswith(hub.HF_SCHEME):
         raise click.BadParameter("give REPO_ID as owner/name (use --path-in-repo / --revision)", param_hint="REPO_ID")
     if dry_run:
         with progress_bar(None, "preparing") as advance:
             plan = hub.plan_push(
-                path, repo_id, path_in_repo=path_in_repo, license=license_, preview=not no_preview, tags=tags, progress=advance
+                path,
+                repo_id,
+                path_in_repo=path_in_repo,
+                license=license_,
+                preview=not no_preview,
+                tags=tags,
+                progress=advance,
             )
         for up in plan:
             out.print(f"would upload {up.path_in_repo} ({up.size:,} bytes, sha256 {up.sha256[:12]})")
@@ -96,10 +117,9 @@ Examples:
 )
 @click.argument("repo_id", callback=_repo_id)
 @click.option("--revision", default=None, help="Branch, tag or commit (default: main).")
-@click.option("--local-dir", type=click.Path(file_okay=False), default=None, help="Download here instead of the HF cache.")
-def pull(repo_id, revision, local_dir) -> None:
+@click.option(
+    "--local-dir", type=click.Path(file_okay=False), default=None, help="Download here instead of the HF cache."
+)
+def pull(repo_id: str, revision: str | None, local_dir: str | None) -> None:
     """Download a dataset from the Hub (through huggingface_hub's cache) and print its path."""
-    from relabel_maps import hub
-
-    path = hub.pull(repo_id, revision=revision, local_dir=local_dir)
-    click.echo(path)
+    click.echo(hub.pull(repo_id, revision=revision, local_dir=local_dir))

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import click
 import numpy as np
+
+from relabel_maps.errors import RelabelMapsError
+from relabel_maps.layout import local_dataset_files
+from relabel_maps.reader import LabelMaps, open_file
+from relabel_maps.shards import ShardedReader
 
 from .common import class_name, console, echo_json, open_maps, progress_bar
 
@@ -14,14 +21,12 @@ __all__ = ["info", "verify", "dataset_stats"]
 
 
 def _local_files(path: str) -> list[tuple[str, str]]:
-    if path.startswith("hf://"):
-        return []
-    from relabel_maps.hub import local_dataset_files
-
-    return local_dataset_files(path)
+    return [] if path.startswith("hf://") else local_dataset_files(path)
 
 
-def dataset_stats(maps: Any, *, sample: int | None = None, progress=None) -> dict[str, Any]:
+def dataset_stats(
+    maps: LabelMaps, *, sample: int | None = None, progress: Callable[[int], None] | None = None
+) -> dict[str, Any]:
     """Record count, stored bytes, raw float32 size and the top-1 class histogram of ``maps``."""
     n = len(maps)
     positions = range(n) if not sample or sample >= n else np.unique(np.linspace(0, n - 1, sample).astype(int))
@@ -60,8 +65,13 @@ Examples:
   relabel-maps info hf://my-name/imagenet-relabel"""
 )
 @click.argument("path")
-@click.option("--top", "top_n", default=10, show_default=True, type=click.IntRange(0), help="Classes shown in the top-1 histogram.")
-@click.option("--sample", type=click.IntRange(1), default=None, help="Scan only N evenly spaced records (default: all).")
+@click.option(
+    "--top", "top_n", default=10, show_default=True, type=click.IntRange(0),
+    help="Classes shown in the top-1 histogram.",
+)
+@click.option(
+    "--sample", type=click.IntRange(1), default=None, help="Scan only N evenly spaced records (default: all)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def info(path: str, top_n: int, sample: int | None, as_json: bool) -> None:
     """Show a dataset's metadata, size, compression and top-1 class histogram.
@@ -76,9 +86,9 @@ def info(path: str, top_n: int, sample: int | None, as_json: bool) -> None:
         with progress_bar(min(sample or len(maps), len(maps)), "scanning records") as advance:
             stats = dataset_stats(maps, sample=sample, progress=advance)
         records = _records_per_file(maps, files) if files else {}
-        shards = []
+        shards: list[dict[str, Any]] = []
         for name, local in files:
-            entry = {"file": name, "bytes": os.path.getsize(local)}
+            entry: dict[str, Any] = {"file": name, "bytes": os.path.getsize(local)}
             if name.endswith(".rlm"):
                 entry["records"] = records[name]
             shards.append(entry)
@@ -116,13 +126,12 @@ def info(path: str, top_n: int, sample: int | None, as_json: bool) -> None:
     _print_info(meta, summary)
 
 
-def _records_per_file(maps: Any, files: list[tuple[str, str]]) -> dict[str, int]:
+def _records_per_file(maps: LabelMaps, files: list[tuple[str, str]]) -> dict[str, int]:
     """Records per ``.rlm`` file of the open local dataset ``maps`` (``files``: its
     :func:`_local_files`), from its shard readers: the ones the scan opened are not opened again."""
-    names = getattr(maps, "shard_names", None)
-    if names is None:  # a single .rlm file
+    if not isinstance(maps, ShardedReader):  # a single .rlm file
         return {name: len(maps) for name, _ in files if name.endswith(".rlm")}
-    return {name: len(maps.shard(s)) for s, name in enumerate(names)}
+    return {name: len(maps.shard(s)) for s, name in enumerate(maps.shard_names)}
 
 
 def _fmt_bytes(n: float | None) -> str:
@@ -136,8 +145,6 @@ def _fmt_bytes(n: float | None) -> str:
 
 
 def _print_info(meta: dict[str, Any], s: dict[str, Any]) -> None:
-    import json
-
     from rich.table import Table
 
     out = console()
@@ -187,63 +194,60 @@ def _print_info(meta: dict[str, Any], s: dict[str, Any]) -> None:
     out.print(t)
 
 
-def _verify_local(path: str, advance) -> tuple[int, int, list[dict[str, str]]]:
-    """Check every shard of a local dataset, then the dataset as a whole; returns
-    ``(records, files, problems)``."""
-    from relabel_maps.errors import RelabelMapsError
-    from relabel_maps.reader import open_file
-    from relabel_maps.shards import _sha256_file, read_index_json
-
-    problems: list[dict[str, str]] = []
-
-    def bad(where: str, problem: Any) -> None:
-        problems.append({"where": where, "problem": str(problem)})
-
+def _verify(path: str, advance: Callable[..., None]) -> tuple[int, int, list[dict[str, str]]]:
+    """Check a dataset with the library's :meth:`~relabel_maps.reader.LabelMaps.check`; returns
+    ``(records, files, problems)``, each problem with the file it concerns."""
+    label = path if path.startswith("hf://") else os.path.basename(os.path.normpath(path))
     try:
-        files = _local_files(path)
-    except RelabelMapsError as exc:  # an unreadable index or a missing shard: still check what is there
-        bad(os.path.basename(os.path.normpath(path)), exc)
-        folder = path if os.path.isdir(path) else os.path.dirname(path)
-        files = [(f, os.path.join(folder, f)) for f in sorted(os.listdir(folder or ".")) if f.endswith(".rlm") and not f.startswith(".")]
-    index = next((local for name, local in files if name.endswith(".json")), None)
-    shards = [(n, p) for n, p in files if n.endswith(".rlm")]
-    expected_sha: dict[str, str] = {}
-    if index is not None:
+        maps = open_maps(path)
+    except (RelabelMapsError, OSError) as exc:  # e.g. an unreadable index: check each file on its own
+        return _verify_files(path, label, exc, advance)
+    with maps:
+        if not isinstance(maps, ShardedReader):
+            advance(0, total=1)
+            return len(maps), 1, [_row(label, p.message) for p in maps.check(progress=advance)]
+        advance(0, total=len(maps.shard_names))
+        problems = [_row(p.where or label, p.message) for p in maps.check(progress=advance)]
+        return _records_found(maps), len(maps.shard_names), problems
+
+
+def _records_found(maps: ShardedReader) -> int:
+    """Records in the shard files that open (the index's count may differ)."""
+    found = 0
+    for s in range(len(maps.shard_names)):
         try:
-            with open(index, "rb") as fh:
-                expected_sha = {e["file"]: e.get("sha256") for e in read_index_json(fh.read())["shards"]}
-        except RelabelMapsError:
-            pass  # reported above
+            found += len(maps.shard(s))
+        except (RelabelMapsError, OSError):
+            pass
+    return found
+
+
+def _verify_files(
+    path: str, label: str, error: Exception, advance: Callable[..., None]
+) -> tuple[int, int, list[dict[str, str]]]:
+    """When ``path`` does not open as a dataset: its error (unless a file repeats it), then every
+    visible ``.rlm`` file of the folder checked as a file of its own."""
+    if path.startswith("hf://") or not (os.path.isdir(path) or path.endswith(".json")):
+        return 0, 1, [_row(label, str(error))]
+    folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
+    names = sorted(f for f in os.listdir(folder) if f.endswith(".rlm") and not f.startswith("."))
+    advance(0, total=len(names))
     records = 0
-    flagged = set()
-    advance(0, total=len(shards))
-    for name, local in shards:
+    problems: list[dict[str, str]] = []
+    for name in names:
         try:
-            if expected_sha.get(name) and _sha256_file(local) != expected_sha[name]:
-                bad(name, "SHA-256 differs from the one in the index")
-                flagged.add(name)
-            with open_file(local) as reader:
+            with open_file(os.path.join(folder, name)) as reader:
                 records += len(reader)
-                for p in reader.verify():
-                    bad(name, p)
-                    flagged.add(name)
+                problems += [_row(name, p.message) for p in reader.check(progress=advance)]
         except RelabelMapsError as exc:
-            bad(name, exc)
-            flagged.add(name)
-        advance(1)
-    if index is not None and not problems:  # the dataset as a whole: counts, shared structure, unique keys
-        try:
-            with open_maps(path) as maps:
-                for s, name in enumerate(getattr(maps, "shard_names", [])):
-                    try:
-                        maps.shard(s)
-                    except RelabelMapsError as exc:
-                        bad(name, exc)
-                if not problems:
-                    list(maps)
-        except (RelabelMapsError, OSError) as exc:
-            bad(os.path.basename(index), exc)
-    return records, len(shards), problems
+            problems.append(_row(name, str(exc)))
+    if all(p["problem"] != str(error) for p in problems):
+        problems.insert(0, _row(label, str(error)))
+    return records, len(names), problems
+
+
+def _row(where: str, problem: str) -> dict[str, str]:
+    return {"where": where, "problem": problem}
 
 
 @click.command(
@@ -263,15 +267,10 @@ def verify(path: str, as_json: bool) -> None:
     whole (record counts, shared settings, keys unique across shards).
     Exits with status 1 and lists the bad shards and keys when anything is wrong.
     """
-    if path.startswith("hf://"):
-        with open_maps(path) as maps, progress_bar(None, "verifying"):
-            records, nfiles = len(maps), len(getattr(maps, "shard_names", [path]))
-            problems = [{"where": path, "problem": p} for p in maps.verify()]
-    else:
-        if not os.path.exists(path):
-            raise click.ClickException(f"no such file or folder: {path}")
-        with progress_bar(None, "verifying shards") as advance:
-            records, nfiles, problems = _verify_local(path, advance)
+    if not path.startswith("hf://") and not os.path.exists(path):
+        raise click.ClickException(f"no such file or folder: {path}")
+    with progress_bar(None, "verifying shards") as advance:
+        records, nfiles, problems = _verify(path, advance)
     ok = not problems
     if as_json:
         echo_json({"path": path, "ok": ok, "records": records, "files": nfiles, "problems": problems})

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import click
 import numpy as np
+
+from relabel_maps.pooling import FILL_MODES, relabel_compat, resolve_fill, to_official_coords
 
 from .common import BOX, class_name, console, echo_json, open_maps
 
 __all__ = ["pool"]
 
 
-def _top(probs: np.ndarray, n: int, names) -> list[dict]:
+def _top(probs: np.ndarray, n: int, names: Sequence[str] | None) -> list[dict[str, Any]]:
     order = np.argsort(-probs, kind="stable")[:n]
     return [{"class": int(c), "name": class_name(names, int(c)), "prob": float(probs[c])} for c in order]
 
@@ -25,39 +30,63 @@ Examples:
 )
 @click.argument("path")
 @click.argument("key")
-@click.option("--box", type=BOX, default="0,0,1,1", show_default=True, help="Crop box x0,y0,x1,y1 in [0, 1] of the frame the teacher saw.")
+@click.option(
+    "--box", type=BOX, default="0,0,1,1", show_default=True,
+    help="Crop box x0,y0,x1,y1 in [0, 1] of the frame the teacher saw.",
+)
 @click.option("--flip", is_flag=True, help="The crop was mirrored horizontally.")
-@click.option("--size", default=1, show_default=True, type=click.IntRange(1, 64), help="Output grid S (S x S soft labels).")
-@click.option("--fill", type=click.Choice(["zero", "topk", "uniform"]), default=None, help="Scores of non-stored classes (default: zero for logits, uniform for probabilities).")
-@click.option("--temperature", default=1.0, show_default=True, type=float, help="Divide logits by T before the softmax.")
-@click.option("--compat", is_flag=True, help="Reproduce the released ReLabel code's get_relabel (quirks included; size 1).")
+@click.option(
+    "--size", default=1, show_default=True, type=click.IntRange(1, 64), help="Output grid S (S x S soft labels)."
+)
+@click.option(
+    "--fill", type=click.Choice(FILL_MODES), default=None,
+    help="Scores of non-stored classes (default: zero for logits, uniform for probabilities).",
+)
+@click.option(
+    "--temperature", default=1.0, show_default=True, type=float, help="Divide logits by T before the softmax."
+)
+@click.option(
+    "--compat", is_flag=True, help="Reproduce the released ReLabel code's get_relabel (quirks included; size 1)."
+)
 @click.option("--top", "top_n", default=5, show_default=True, type=click.IntRange(1), help="Classes to print.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def pool(path: str, key: str, box, flip: bool, size: int, fill: str | None, temperature: float, compat: bool, top_n: int, as_json: bool) -> None:
+def pool(
+    path: str,
+    key: str,
+    box: tuple[float, float, float, float],
+    flip: bool,
+    size: int,
+    fill: str | None,
+    temperature: float,
+    compat: bool,
+    top_n: int,
+    as_json: bool,
+) -> None:
     """Print the top classes of the soft label of a crop BOX of record KEY.
 
     See spec/POOLING.md for the box convention, fill modes and the compatibility mode.
     """
-    from relabel_maps import pooling
-
     if compat and (size != 1 or fill is not None or temperature != 1.0):
         raise click.UsageError("--compat has fixed semantics: it takes no --size, --fill or --temperature")
     with open_maps(path) as maps:
         lm = maps[key]
         names = maps.metadata.get("class_names")
     if compat:
-        probs = pooling.relabel_compat(lm, pooling.to_official_coords(box, flip), flip=flip)
+        probs = relabel_compat(lm, to_official_coords(box, flip), flip=flip)
         mode = "compat"
     else:
         probs = lm.pool(box, flip=flip, size=size, fill=fill, temperature=temperature)
-        mode = fill or pooling.default_fill(lm.score_kind)
-    result = {"key": key, "box": list(box), "flip": flip, "size": size, "fill": mode, "temperature": temperature}
+        mode = resolve_fill(fill, lm.score_kind)
+    result: dict[str, Any] = {
+        "key": key, "box": list(box), "flip": flip, "size": size, "fill": mode, "temperature": temperature
+    }
+    cells: list[tuple[tuple[int, int] | None, list[dict[str, Any]]]]
     if size == 1:
         result["top"] = _top(probs, top_n, names)
+        cells = [(None, result["top"])]
     else:
-        result["cells"] = [
-            {"row": r, "col": c, "top": _top(probs[:, r, c], top_n, names)} for r in range(size) for c in range(size)
-        ]
+        cells = [((r, c), _top(probs[:, r, c], top_n, names)) for r in range(size) for c in range(size)]
+        result["cells"] = [{"row": rc[0], "col": rc[1], "top": top} for rc, top in cells if rc is not None]
     if as_json:
         echo_json(result)
         return
@@ -65,7 +94,6 @@ def pool(path: str, key: str, box, flip: bool, size: int, fill: str | None, temp
 
     out = console()
     title = f"{key}  box={','.join(f'{v:g}' for v in box)}{'  flipped' if flip else ''}  fill={mode}"
-    cells = [(None, result["top"])] if size == 1 else [((c["row"], c["col"]), c["top"]) for c in result["cells"]]
     for cell, top in cells:
         t = Table(title=title + (f"  cell {cell}" if cell else ""), title_justify="left")
         t.add_column("rank", justify="right")

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import colorsys
 import os
-from typing import Any, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import click
 import numpy as np
+
+from relabel_maps.labelmap import LabelMap
 
 from .common import class_name, open_maps
 
@@ -31,7 +34,7 @@ def canvas_size(panel: int, with_image: bool) -> tuple[int, int]:
     return MARGIN + n * (panel + MARGIN) + LEGEND_W + MARGIN, MARGIN + TITLE_H + panel + MARGIN
 
 
-def class_colours(classes: Sequence[int]) -> dict[int, tuple[int, int, int]]:
+def class_colours(classes: Iterable[int]) -> dict[int, tuple[int, int, int]]:
     """Distinct colours for ``classes`` (in the given order: golden-ratio hue steps, alternating
     saturation/value so neighbours in the list differ strongly)."""
     out = {}
@@ -44,7 +47,7 @@ def class_colours(classes: Sequence[int]) -> dict[int, tuple[int, int, int]]:
     return out
 
 
-def top1_confidence(labelmap: Any) -> np.ndarray:
+def top1_confidence(labelmap: LabelMap) -> np.ndarray:
     """``(H, W)`` probability of the top-1 class at every location, under the map's default fill
     mode: stored probabilities; ``exp(s - lse)`` with a log-sum-exp; else a softmax over all ``C``
     classes with the non-stored logits at 0 (ReLabel)."""
@@ -77,7 +80,7 @@ def _fit(w: int, h: int, panel: int) -> tuple[int, int]:
 
 
 def render(
-    labelmap: Any,
+    labelmap: LabelMap,
     *,
     image: Any = None,
     class_names: Sequence[str] | None = None,
@@ -95,7 +98,7 @@ def render(
     top1 = labelmap.top1()
     classes, inverse, counts = np.unique(top1, return_inverse=True, return_counts=True)
     order = classes[np.argsort(-counts, kind="stable")]
-    share = {int(c): int(n) / top1.size for c, n in zip(classes, counts)}
+    share = {int(c): int(n) / top1.size for c, n in zip(classes, counts, strict=True)}
     colours = class_colours(order)
     palette = np.array([colours[int(c)] for c in classes], dtype=np.uint8)
     class_rgb = palette[inverse.reshape(top1.shape)]
@@ -137,7 +140,8 @@ def render(
         draw.text((lx + 18, y + 2), label, fill=(0, 0, 0), font=font)
     if len(shown) < len(order):
         rest = sum(share[int(c)] for c in order[len(shown) :])
-        draw.text((lx + 18, y0 + len(shown) * ROW_H + 2), f"+{len(order) - len(shown)} more  {100 * rest:.0f}%", fill=(0, 0, 0), font=font)
+        more = f"+{len(order) - len(shown)} more  {100 * rest:.0f}%"
+        draw.text((lx + 18, y0 + len(shown) * ROW_H + 2), more, fill=(0, 0, 0), font=font)
     # confidence scale under the legend
     bar_y = y0 + panel - 14
     bar = _viridis(np.linspace(0, 1, LEGEND_W - 60)[None, :].repeat(8, axis=0))

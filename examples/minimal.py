@@ -15,7 +15,12 @@ from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
 import relabel_maps
-from relabel_maps.torch import LabelMapDataset, RandomHorizontalFlipWithBox, RandomResizedCropWithBox, soft_target_cross_entropy
+from relabel_maps.torch import (
+    LabelMapDataset,
+    RandomHorizontalFlipWithBox,
+    RandomResizedCropWithBox,
+    soft_target_cross_entropy,
+)
 
 root, maps, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 100
 transform = v2.Compose([

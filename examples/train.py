@@ -36,7 +36,9 @@ from relabel_maps.torch import (
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--data", required=True, help="ImageFolder root (class/image files)")
     p.add_argument("--maps", required=True, help="label-map file, folder of shards or hf:// path")
     p.add_argument("--model", default="resnet50", help="timm model name")
@@ -110,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
             seen += images.shape[0]
             if step % args.log_every == 0 or step == total:
                 rate = seen / (time.perf_counter() - start)
-                print(f"step {step}/{total} loss {loss.item():.4f} lr {scheduler.get_last_lr()[0]:.2e} {rate:.1f} img/s", flush=True)
+                lr = scheduler.get_last_lr()[0]
+                print(f"step {step}/{total} loss {loss.item():.4f} lr {lr:.2e} {rate:.1f} img/s", flush=True)
             if step == total:
                 break
     if args.output:

@@ -20,8 +20,10 @@ The output depends only on the data, so exporting the same dataset twice gives i
 
 from __future__ import annotations
 
+import io
 import os
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -137,8 +139,6 @@ def export_parquet(
 
 def parquet_bytes(maps: Any, **kwargs: Any) -> bytes:
     """:func:`export_parquet` into memory."""
-    import io
-
     buf = io.BytesIO()
     export_parquet(maps, buf, **kwargs)
     return buf.getvalue()

@@ -1,4 +1,4 @@
-"""Byte layouts, constants and hard limits of spec/FORMAT.md (format v1.0).
+"""Byte layouts, constants and hard limits of spec/FORMAT.md (format v1.1).
 
 Pure functions only: nothing here touches a file. The reader and writer build on these packers and
 parsers so that the layout lives in one place. Every parser raises :class:`FormatError` (or a
@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 #: (MAJOR, MINOR) written by this library.
-FORMAT_VERSION: tuple[int, int] = (1, 0)
+FORMAT_VERSION: tuple[int, int] = (1, 1)
 #: MAJOR versions this reader implements.
 SUPPORTED_MAJORS = (1,)
 
@@ -110,7 +110,7 @@ LIMITS = Limits()
 
 REQUIRED_METADATA_KEYS = ("format_version", "num_classes", "k", "score_kind", "encoding", "compression")
 DESCRIPTIVE_METADATA_KEYS = ("class_set", "class_names", "teacher", "tool")
-TEACHER_KEYS = ("name", "weights", "input_size", "resize", "mean", "std", "grid")
+TEACHER_KEYS = ("name", "weights", "input_size", "crop_mode", "crop_pct", "mean", "std", "grid")
 SCORE_KINDS = ("logits", "probabilities")
 
 #: ``NAME-00001-of-00012.rlm``: 5+ digit, 1-based shard number and total.

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -68,7 +69,7 @@ class LabelMap:
         counts: Sequence | np.ndarray | None = None,
         sort: bool = True,
         **kwargs: Any,
-    ) -> "LabelMap":
+    ) -> LabelMap:
         """Build a validated map from array-likes, casting dtypes and (optionally) sorting each
         location's entries by descending score."""
         if num_classes < 1:
@@ -87,7 +88,8 @@ class LabelMap:
         if counts is not None:  # check before the uint8 cast, which would wrap out-of-range values
             c = np.asarray(counts)
             k = idx.shape[0]
-            if c.shape != idx.shape[1:] or (c.size and (not np.issubdtype(c.dtype, np.integer) or c.min() < 1 or c.max() > k)):
+            bad_values = c.size and (not np.issubdtype(c.dtype, np.integer) or c.min() < 1 or c.max() > k)
+            if c.shape != idx.shape[1:] or bad_values:
                 raise InvalidLabelMapError(f"counts must be integers in [1, {k}] of shape {idx.shape[1:]}")
             cnt = c.astype(np.uint8)
         if sort and idx.size:
@@ -159,7 +161,8 @@ class LabelMap:
     @property
     def shape(self) -> tuple[int, int, int]:
         """``(k, H, W)``."""
-        return tuple(self.indices.shape)  # type: ignore[return-value]
+        k, h, w = self.indices.shape
+        return int(k), int(h), int(w)
 
     def valid(self) -> np.ndarray:
         """``(k, H, W)`` bool mask of entries that carry a score (all True without ``counts``)."""
@@ -206,8 +209,10 @@ class LabelMap:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, LabelMap):
             return NotImplemented
-        def same(a, b):
+
+        def same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
             return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
+
         return (
             self.num_classes == other.num_classes
             and self.score_kind == other.score_kind

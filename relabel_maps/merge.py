@@ -20,11 +20,17 @@ import dataclasses
 import json
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from . import format as fmt
+from .codecs import codec_from_metadata
 from .errors import InvalidArgumentError, WriterError
+from .layout import dataset_location, index_path, local_dataset_files, shard_files
+from .reader import Reader
+from .shards import write_index
+from .writer import Writer
 
 __all__ = ["merge", "MergeResult", "ON_DUPLICATE", "COMPATIBLE_KEYS"]
 
@@ -44,9 +50,22 @@ class MergeResult:
     paths: list[str]
 
 
-def _input_shards(path: str | os.PathLike) -> list[str]:
-    from .hub import local_dataset_files
+@dataclasses.dataclass
+class _Plan:
+    """The input shards, their keys and metadata, and which shard keeps each key."""
 
+    paths: list[str]
+    keys: list[list[str]]
+    metas: list[dict[str, Any]]
+    owner: dict[str, int]
+    duplicates: int
+
+    def kept(self, s: int) -> list[str]:
+        """The keys shard ``s`` keeps, in its key order."""
+        return [k for k in self.keys[s] if self.owner[k] == s]
+
+
+def _input_shards(path: str | os.PathLike[str]) -> list[str]:
     return [local for name, local in local_dataset_files(path) if name.endswith(".rlm")]
 
 
@@ -56,7 +75,7 @@ def _writer_settings(meta: dict[str, Any]) -> dict[str, Any]:
         "num_classes": int(meta["num_classes"]),
         "k": int(meta["k"]),
         "score_kind": meta["score_kind"],
-        "encoding": meta["encoding"],
+        "encoding": codec_from_metadata(meta["encoding"]).spec,  # every parameter spelled out
         "teacher": meta.get("teacher"),
         "class_set": meta.get("class_set"),
         "class_names": meta.get("class_names"),
@@ -67,8 +86,8 @@ def _writer_settings(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def merge(
-    inputs: Sequence[str | os.PathLike],
-    output: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
     *,
     on_duplicate: str = "error",
     overwrite: bool = False,
@@ -80,8 +99,6 @@ def merge(
     ``link=True`` hard-links unchanged shards instead of copying them (same file system only;
     falls back to a copy elsewhere).
     """
-    from .reader import Reader
-
     if on_duplicate not in ON_DUPLICATE:
         raise InvalidArgumentError(f"on_duplicate must be one of {ON_DUPLICATE}, got {on_duplicate!r}")
     if not inputs:
@@ -90,66 +107,64 @@ def merge(
     single = out.suffix == ".rlm"
     if out.exists() and not overwrite and (single or any(out.iterdir())):
         raise WriterError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    plan = _plan(inputs, on_duplicate)
+    if single:
+        return _merge_to_file(plan, out, overwrite, progress)
+    return _merge_to_folder(plan, out, overwrite, link, progress)
 
-    shard_paths: list[str] = []
+
+def _plan(inputs: Sequence[str | os.PathLike[str]], on_duplicate: str) -> _Plan:
+    """Read every input shard's keys and metadata; check they agree; decide who keeps each key."""
+    paths: list[str] = []
     seen: set[str] = set()
     for src in inputs:
         for p in _input_shards(src):
             if os.path.abspath(p) in seen:
                 raise InvalidArgumentError(f"{p} is given twice")
             seen.add(os.path.abspath(p))
-            shard_paths.append(p)
-
-    # keys and metadata of every shard; decide who keeps each duplicated key
-    owner: dict[str, int] = {}
-    metas: list[dict[str, Any]] = []
-    keys: list[list[str]] = []
-    duplicates = 0
-    for s, p in enumerate(shard_paths):
+            paths.append(p)
+    plan = _Plan(paths, [], [], {}, 0)
+    for s, p in enumerate(paths):
         with Reader(p) as r:
-            metas.append(r.metadata)
-            keys.append(list(r))
-        for key in keys[-1]:
-            if key in owner:
-                duplicates += 1
+            plan.metas.append(r.metadata)
+            plan.keys.append(list(r))
+        for key in plan.keys[-1]:
+            if key in plan.owner:
+                plan.duplicates += 1
                 if on_duplicate == "last":
-                    owner[key] = s
+                    plan.owner[key] = s
             else:
-                owner[key] = s
-    first = metas[0]
-    for p, meta in zip(shard_paths, metas):
+                plan.owner[key] = s
+    first = plan.metas[0]
+    for p, meta in zip(paths, plan.metas, strict=True):
         for field in COMPATIBLE_KEYS:
             if json.dumps(meta.get(field), sort_keys=True) != json.dumps(first.get(field), sort_keys=True):
                 raise InvalidArgumentError(
-                    f"{p} differs from {shard_paths[0]} in {field!r}; only datasets of the same label space merge"
+                    f"{p} differs from {paths[0]} in {field!r}; only datasets of the same label space merge"
                 )
-    if duplicates and on_duplicate == "error":
-        example = next(k for s, ks in enumerate(keys) for k in ks if owner[k] != s)
+    if plan.duplicates and on_duplicate == "error":
+        example = next(k for s, ks in enumerate(plan.keys) for k in ks if plan.owner[k] != s)
         raise WriterError(
-            f"{duplicates} key(s) appear in more than one input (e.g. {example!r}); "
+            f"{plan.duplicates} key(s) appear in more than one input (e.g. {example!r}); "
             "choose which copy to keep with on_duplicate='first' or 'last' (--on-duplicate)"
         )
-
-    if single:
-        return _merge_to_file(shard_paths, keys, owner, metas[0], out, overwrite, duplicates, progress)
-    return _merge_to_folder(shard_paths, keys, owner, metas, out, overwrite, duplicates, link, progress)
+    return plan
 
 
-def _merge_to_file(shard_paths, keys, owner, meta, out: Path, overwrite: bool, duplicates: int, progress) -> MergeResult:
-    from .reader import Reader
-    from .writer import Writer
-
+def _merge_to_file(
+    plan: _Plan, out: Path, overwrite: bool, progress: Callable[[int], None] | None
+) -> MergeResult:
     records = 0
-    with Writer(out, overwrite=overwrite, **_writer_settings(meta)) as w:
-        for s, p in enumerate(shard_paths):
+    with Writer(out, overwrite=overwrite, **_writer_settings(plan.metas[0])) as w:
+        for s, p in enumerate(plan.paths):
             with Reader(p) as r:
-                for key in keys[s]:
-                    if owner[key] == s:
+                for key in plan.keys[s]:
+                    if plan.owner[key] == s:
                         w.add_raw(key, r.read_record(key), dictionary=r.dictionary)
                         records += 1
                     if progress is not None:
                         progress(1)
-    return MergeResult(records, 1, duplicates, len(shard_paths), [str(out)])
+    return MergeResult(records, 1, plan.duplicates, len(plan.paths), [str(out)])
 
 
 def _place(src: str, dst: Path, link: bool) -> None:
@@ -162,17 +177,13 @@ def _place(src: str, dst: Path, link: bool) -> None:
     shutil.copyfile(src, dst)
 
 
-def _merge_to_folder(shard_paths, keys, owner, metas, out: Path, overwrite: bool, duplicates: int, link: bool, progress) -> MergeResult:
-    from .reader import Reader
-    from .shards import INDEX_SUFFIX, write_index
-    from .writer import Writer
-
-    name = out.name
-    if not name:
-        raise InvalidArgumentError(f"cannot derive a dataset name from {out!s}")
-    kept = [[k for k in ks if owner[k] == s] for s, ks in enumerate(keys)]
-    plan = [s for s in range(len(shard_paths)) if kept[s]]
-    total = len(plan)
+def _merge_to_folder(
+    plan: _Plan, out: Path, overwrite: bool, link: bool, progress: Callable[[int], None] | None
+) -> MergeResult:
+    _, name = dataset_location(out, sharded=True)
+    kept = [plan.kept(s) for s in range(len(plan.paths))]
+    order = [s for s in range(len(plan.paths)) if kept[s]]
+    total = len(order)
     if total == 0:
         raise InvalidArgumentError("the inputs hold no records")
     tmp = out.parent / f".{name}.merge-tmp"
@@ -182,32 +193,30 @@ def _merge_to_folder(shard_paths, keys, owner, metas, out: Path, overwrite: bool
     rewritten = 0
     try:
         paths = []
-        for i, s in enumerate(plan, start=1):
+        for i, s in enumerate(order, start=1):
             final = tmp / fmt.shard_name(name, i, total)
-            if len(kept[s]) == len(keys[s]):
-                _place(shard_paths[s], final, link)
+            if len(kept[s]) == len(plan.keys[s]):
+                _place(plan.paths[s], final, link)
             else:
                 rewritten += 1
-                with Reader(shard_paths[s]) as r, Writer(final, **_writer_settings(metas[s])) as w:
+                with Reader(plan.paths[s]) as r, Writer(final, **_writer_settings(plan.metas[s])) as w:
                     for key in kept[s]:
                         w.add_raw(key, r.read_record(key), dictionary=r.dictionary)
             if progress is not None:
-                progress(len(keys[s]))
+                progress(len(plan.keys[s]))
             paths.append(final)
-        index_name = f"{name}{INDEX_SUFFIX}"
-        write_index(paths, tmp / index_name)
+        index = index_path(out, name)
+        write_index(paths, index_path(tmp, name))
         out.mkdir(parents=True, exist_ok=True)
         if overwrite:
-            for old in out.iterdir():
-                m = fmt.SHARD_NAME_RE.match(old.name)
-                if (m and m.group("name") == name) or old.name == index_name:
-                    old.unlink()
+            for old in [*shard_files(out, name), index]:
+                old.unlink(missing_ok=True)
         moved = []
         for p in paths:
             os.replace(p, out / p.name)
             moved.append(str(out / p.name))
-        os.replace(tmp / index_name, out / index_name)
+        os.replace(index_path(tmp, name), index)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    records = sum(len(kept[s]) for s in plan)
-    return MergeResult(records, total, duplicates, rewritten, moved + [str(out / index_name)])
+    records = sum(len(kept[s]) for s in order)
+    return MergeResult(records, total, plan.duplicates, rewritten, moved + [str(index)])

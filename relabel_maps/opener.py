@@ -7,8 +7,12 @@ from typing import Any
 
 from .errors import InvalidArgumentError
 from .reader import LabelMaps, Reader, Source
+from .shards import open_folder, open_index
 
 __all__ = ["open"]
+
+#: the URL scheme handed to the Hub face (:mod:`relabel_maps.hub`), imported only when such a URL is opened
+HUB_SCHEME = "hf://"
 
 
 def open(source: Source, *, verify: bool = False, **kwargs: Any) -> LabelMaps:  # noqa: A001
@@ -21,12 +25,10 @@ def open(source: Source, *, verify: bool = False, **kwargs: Any) -> LabelMaps:  
     """
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
-        if isinstance(path, str) and path.startswith("hf://"):
-            from .hub import open_hub
+        if isinstance(path, str) and path.startswith(HUB_SCHEME):
+            from .hub import open_hub  # a face: imported only for hf:// URLs (needs huggingface_hub)
 
             return open_hub(path, verify=verify, **kwargs)
-        from .shards import open_folder, open_index
-
         if os.path.isdir(path):
             return open_folder(path, verify=verify)
         if str(path).endswith(".json"):  # NAME.index.json, or an index under another name

@@ -13,27 +13,35 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import json
 import os
-import re
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from . import format as fmt
-from .errors import CorruptRecordError, FormatError, InvalidArgumentError, MissingKeyError, RelabelMapsError
+from .errors import FormatError, InvalidArgumentError, MissingKeyError, RelabelMapsError
 from .labelmap import LabelMap
-from .reader import LabelMaps, Reader, Source
+from .layout import INDEX_SUFFIX, MAX_INDEX_JSON_BYTES, SHARD_ENTRY_RE, folder_contents, read_index_json
+from .reader import LabelMaps, Problem, Reader, Source
 
-__all__ = ["ShardedReader", "folder_contents", "open_folder", "open_index", "write_index", "read_index_json", "INDEX_SUFFIX"]
+__all__ = [
+    "ShardedReader",
+    "folder_contents",
+    "from_index",
+    "open_folder",
+    "open_index",
+    "write_index",
+    "read_index_json",
+    "INDEX_SUFFIX",
+]
 
-INDEX_SUFFIX = ".index.json"
 STRUCTURAL_KEYS = ("num_classes", "k", "score_kind", "encoding")
-MAX_INDEX_JSON_BYTES = 64 << 20
-_FILE_RE = re.compile(r"^(?!/)(?!.*(?:^|/)\.\.(?:/|$))[^\\\x00]+\.rlm$")
 
 
 def _structure(meta: Mapping[str, Any]) -> tuple[str, ...]:
@@ -58,7 +66,7 @@ class ShardedReader(LabelMaps):
 
     def __init__(
         self,
-        shards: Sequence[tuple[str, Source, int]],
+        shards: Sequence[tuple[str, Source | None, int]],
         metadata: Mapping[str, Any],
         *,
         verify: bool = False,
@@ -94,6 +102,7 @@ class ShardedReader(LabelMaps):
         """Keep the key ranges, and whether they are sorted and disjoint (binary search)."""
         self._ranges: list[tuple[str, str] | None] | None = None
         self._range_shards: list[int] = []  # non-empty shards, for binary search when disjoint
+        self._bounds: list[tuple[str, str]] = []  # their ranges
         self._range_firsts: list[str] = []
         self._disjoint = False
         if key_ranges is None:
@@ -108,9 +117,9 @@ class ShardedReader(LabelMaps):
                 raise FormatError(f"shard {self._names[s]}: bad key range {r!r}")
         self._ranges = ranges
         self._range_shards = [s for s, r in enumerate(ranges) if r is not None]
-        self._range_firsts = [ranges[s][0] for s in self._range_shards]  # type: ignore[index]
-        pairs = [ranges[s] for s in self._range_shards]
-        self._disjoint = all(a[1] < b[0] for a, b in zip(pairs, pairs[1:]))  # type: ignore[index]
+        self._bounds = [r for r in ranges if r is not None]
+        self._range_firsts = [first for first, _ in self._bounds]
+        self._disjoint = all(a[1] < b[0] for a, b in itertools.pairwise(self._bounds))
 
     # ------------------------------------------------------------------------------ shards
     @property
@@ -121,7 +130,7 @@ class ShardedReader(LabelMaps):
         """The open :class:`Reader` of shard ``s`` (0-based), opening it if needed."""
         with self._lock:
             r = self._open.get(s)
-            if r is not None and r._src is not None:
+            if r is not None and not r.closed:
                 self._open.move_to_end(s)
                 return r
         r = Reader(self._source(s), verify=self._verify)
@@ -130,10 +139,15 @@ class ShardedReader(LabelMaps):
                 if len(r) != self._counts[s]:
                     raise FormatError(f"shard {self._names[s]} has {len(r)} records, the index says {self._counts[s]}")
                 if _structure(r.metadata) != self._structure:
-                    raise FormatError(f"shard {self._names[s]} differs from the dataset in num_classes/k/score_kind/encoding")
-                if self._ranges is not None and r._keys and self._ranges[s] != (r._keys[0], r._keys[-1]):
-                    raise FormatError(f"shard {self._names[s]} holds keys {r._keys[0]!r}..{r._keys[-1]!r}, "
-                                      f"the index says {self._ranges[s]!r}")
+                    raise FormatError(
+                        f"shard {self._names[s]} differs from the dataset in num_classes/k/score_kind/encoding"
+                    )
+                held = r.key_range
+                if self._ranges is not None and held is not None and self._ranges[s] != held:
+                    raise FormatError(
+                        f"shard {self._names[s]} holds keys {held[0]!r}..{held[1]!r}, "
+                        f"the index says {self._ranges[s]!r}"
+                    )
                 self._checked.add(s)
         except BaseException:
             r.close()
@@ -169,7 +183,7 @@ class ShardedReader(LabelMaps):
         lookup: dict[str, int] = {}
         for s in shards:
             base = self._start(s)
-            for j, key in enumerate(self.shard(s)._keys):
+            for j, key in enumerate(self.shard(s)):
                 if lookup.setdefault(key, base + j) != base + j:
                     raise FormatError(f"key {key!r} appears in more than one shard ({self._names[s]})")
         return lookup
@@ -181,33 +195,25 @@ class ShardedReader(LabelMaps):
 
     def _candidates(self, key: str) -> list[int]:
         """Shards whose key range holds ``key`` (code-point order of ``str`` = UTF-8 byte order)."""
-        ranges = self._ranges
-        assert ranges is not None
         if self._disjoint:
             c = bisect.bisect_right(self._range_firsts, key) - 1
-            if c < 0:
-                return []
-            s = self._range_shards[c]
-            return [s] if key <= ranges[s][1] else []  # type: ignore[index]
-        return [s for s in self._range_shards if ranges[s][0] <= key <= ranges[s][1]]  # type: ignore[index]
+            return [self._range_shards[c]] if c >= 0 and key <= self._bounds[c][1] else []
+        return [s for s, (first, last) in zip(self._range_shards, self._bounds, strict=True) if first <= key <= last]
 
     def _find(self, key: object) -> tuple[int, int] | None:
         """``(shard, position in the shard)`` of ``key``, or ``None``."""
+        if not isinstance(key, str):  # keys are strings
+            return None
         if self._lookup is None and self._ranges is not None:
-            if not isinstance(key, str):
-                return None
             found = None
             for s in self._candidates(key):  # disjoint ranges: at most one; else every candidate,
-                j = self.shard(s)._index().get(key)  # so that a key held twice is still rejected
+                j = self.shard(s).position_of(key)  # so that a key held twice is still rejected
                 if j is not None:
                     if found is not None:
                         raise FormatError(f"key {key!r} appears in more than one shard ({self._names[s]})")
                     found = s, j
             return found
-        try:
-            pos = self._index().get(key)  # type: ignore[call-overload]
-        except TypeError:  # unhashable
-            return None
+        pos = self._index().get(key)
         return None if pos is None else self._locate(pos)
 
     def __iter__(self) -> Iterator[str]:
@@ -245,36 +251,42 @@ class ShardedReader(LabelMaps):
 
     def record_nbytes(self, key: str) -> int:
         s, j = self._where(key)
-        return self.shard(s)._nbytes[j]
+        return self.shard(s).record_nbytes(j)
 
     # ------------------------------------------------------------------------------ integrity
-    def verify(self, strict: bool = False) -> list[str]:
-        """Check every shard (counts, shared structure, SHA-256 when listed, every record) and
-        that no key appears twice. A missing or unreadable shard file is reported, not raised."""
-        problems: list[str] = []
-        readable = []
+    def check(self, progress: Callable[[int], None] | None = None) -> list[Problem]:
+        """Check each shard file on its own (SHA-256 when listed, layout, every record), then as a
+        member of the dataset (record count, shared structure, key range), each problem naming its
+        shard and ``progress(1)`` after each; then that no key appears twice (a problem of the
+        dataset as a whole). A missing or unreadable shard file is reported, not raised."""
+        problems: list[Problem] = []
+        members = []
         for s, name in enumerate(self._names):
             try:
                 expected = self._sha256.get(name)
                 src = self._source(s)
-                if expected and isinstance(src, (str, os.PathLike)):
-                    if _sha256_file(src) != expected:
-                        problems.append(f"{name}: SHA-256 differs from the index")
-                        continue
-                problems.extend(f"{name}: {p}" for p in self.shard(s).verify())
-                readable.append(s)
+                replaced = bool(expected) and isinstance(src, (str, os.PathLike)) and _sha256_file(src) != expected
+                if replaced:  # still checked, but its keys are not the ones the index describes
+                    problems.append(Problem(name, "SHA-256 differs from the one in the index"))
+                with Reader(src) as alone:
+                    problems.extend(Problem(name, p.message) for p in alone.check())
+                self.shard(s)
+                if not replaced:
+                    members.append(s)
             except RelabelMapsError as exc:
-                problems.append(f"{name}: {exc}")
-            except OSError as exc:  # missing, unreadable, or failed to download
-                problems.append(f"{name}: cannot read the shard file: {exc}")
+                problems.append(Problem(name, str(exc)))
+            except FileNotFoundError:
+                problems.append(Problem(name, "cannot read the shard file: it is missing"))
+            except OSError as exc:  # unreadable, or failed to download
+                problems.append(Problem(name, f"cannot read the shard file: {exc}"))
+            if progress is not None:
+                progress(1)
         try:
-            lookup = self._build_lookup(readable)
-            if len(readable) == len(self._names):
+            lookup = self._build_lookup(members)
+            if len(members) == len(self._names):
                 self._lookup = lookup
         except RelabelMapsError as exc:
-            problems.append(str(exc))
-        if strict and problems:
-            raise CorruptRecordError(problems[0] + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
+            problems.append(Problem("", str(exc)))
         return problems
 
     def close(self) -> None:
@@ -314,56 +326,6 @@ def _sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def read_index_json(data: bytes | str) -> dict[str, Any]:
-    """Parse and validate the text of a ``NAME.index.json``."""
-    if len(data) > MAX_INDEX_JSON_BYTES:
-        raise FormatError("shard index JSON is too large")
-    try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise FormatError(f"shard index is not valid JSON: {exc}") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("shards"), list) or not isinstance(obj.get("metadata"), dict):
-        raise FormatError("shard index must be an object with 'shards' (list) and 'metadata' (object)")
-    fmt.check_version_string(obj.get("format_version"), "shard index")
-    seen = set()
-    for entry in obj["shards"]:
-        if not isinstance(entry, dict):
-            raise FormatError("each shard entry must be an object")
-        f, n = entry.get("file"), entry.get("records")
-        if not isinstance(f, str) or not _FILE_RE.match(f):
-            raise FormatError(f"bad shard file name {f!r}: a relative path ending in .rlm without '..'")
-        if f in seen:
-            raise FormatError(f"shard {f!r} is listed twice")
-        seen.add(f)
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise FormatError(f"shard {f!r} has a bad record count {n!r}")
-        sha = entry.get("sha256")
-        if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
-            raise FormatError(f"shard {f!r} has a bad sha256 {sha!r}")
-        _check_range(f, n, entry.get("first_key"), entry.get("last_key"))
-    fmt.check_metadata(obj["metadata"])
-    return obj
-
-
-def _check_range(file: str, records: int, first: Any, last: Any) -> None:
-    """``first_key``/``last_key`` of an index entry: both or neither; none for an empty shard."""
-    if first is None and last is None:
-        return
-    if records == 0:
-        raise FormatError(f"shard {file!r} holds no records but lists a key range")
-    for v in (first, last):
-        if not isinstance(v, str):
-            raise FormatError(f"shard {file!r}: first_key and last_key must both be strings, got {v!r}")
-        try:
-            n = len(v.encode("utf-8"))
-        except UnicodeEncodeError:
-            raise FormatError(f"shard {file!r}: key range {v!r} is not valid UTF-8") from None
-        if n > fmt.LIMITS.max_key_bytes:
-            raise FormatError(f"shard {file!r}: a key range bound is longer than {fmt.LIMITS.max_key_bytes} bytes")
-    if first > last or (records == 1 and first != last):
-        raise FormatError(f"shard {file!r}: first_key {first!r} and last_key {last!r} are not a range of {records} keys")
-
-
 def from_index(
     index: Mapping[str, Any], resolve: Callable[[str], Source], *, verify: bool = False, max_open: int = 64
 ) -> ShardedReader:
@@ -371,15 +333,16 @@ def from_index(
     local path, or a file-object factory for remote storage) and is called only when that shard is
     first opened. Key ranges are used when every non-empty shard lists one."""
     entries = index["shards"]
-    shards = [(e["file"], None, e["records"]) for e in entries]
+    shards: list[tuple[str, Source | None, int]] = [(e["file"], None, e["records"]) for e in entries]
     sha = {e["file"]: e["sha256"] for e in entries if e.get("sha256")}
-    ranges: list[tuple[str, str] | None] | None = [
+    listed: list[tuple[str, str] | None] = [
         (e["first_key"], e["last_key"]) if e.get("first_key") is not None else None for e in entries
     ]
-    if any(r is None and e["records"] > 0 for r, e in zip(ranges, entries)):  # type: ignore[arg-type]
-        ranges = None  # an index without ranges (or with some missing): open every shard to look up
+    # an index without ranges (or with some missing): open every shard to look up
+    complete = all(r is not None or e["records"] == 0 for r, e in zip(listed, entries, strict=True))
     return ShardedReader(
-        shards, index["metadata"], verify=verify, max_open=max_open, sha256=sha, key_ranges=ranges, resolve=resolve
+        shards, index["metadata"], verify=verify, max_open=max_open, sha256=sha,
+        key_ranges=listed if complete else None, resolve=resolve,
     )
 
 
@@ -391,21 +354,6 @@ def open_index(path: str | os.PathLike[str], *, verify: bool = False) -> Sharded
     index = read_index_json(p.read_bytes())
     folder = p.parent
     return from_index(index, lambda f: str(folder / f), verify=verify)
-
-
-def folder_contents(folder: str | os.PathLike[str]) -> tuple[Path | None, list[Path]]:
-    """The dataset a folder holds: ``(index, [])`` for its single visible ``*.index.json``, else
-    ``(None, files)`` with every visible ``.rlm`` file, sorted by name."""
-    entries = sorted(p for p in Path(folder).iterdir() if not p.name.startswith("."))
-    indices = [p for p in entries if p.name.endswith(INDEX_SUFFIX)]
-    if len(indices) > 1:
-        raise FormatError(f"{folder} holds several datasets ({', '.join(p.name for p in indices)}); open one index")
-    if indices:
-        return indices[0], []
-    files = [p for p in entries if p.suffix == ".rlm" and p.is_file()]
-    if not files:
-        raise FormatError(f"{folder} holds no .rlm files and no {INDEX_SUFFIX}")
-    return None, files
 
 
 def open_folder(path: str | os.PathLike[str], *, verify: bool = False) -> LabelMaps:
@@ -424,7 +372,7 @@ def open_folder(path: str | os.PathLike[str], *, verify: bool = False) -> LabelM
             elif _structure(r.metadata) != _structure(metadata):
                 raise FormatError(f"{f.name} differs from {files[0].name} in num_classes/k/score_kind/encoding")
             shards.append((f.name, str(f), len(r)))
-            ranges.append((r._keys[0], r._keys[-1]) if len(r) else None)
+            ranges.append(r.key_range)
     assert metadata is not None
     return ShardedReader(shards, metadata, verify=verify, key_ranges=ranges)
 
@@ -446,7 +394,7 @@ def write_index(
     metadata: dict[str, Any] | None = None
     for p in map(Path, paths):
         rel = os.path.relpath(p.resolve(), folder).replace(os.sep, "/")
-        if not _FILE_RE.match(rel):
+        if not SHARD_ENTRY_RE.match(rel):
             raise InvalidArgumentError(f"shard {p} must be a .rlm file inside {folder}")
         with Reader(p) as r:
             if metadata is None:
@@ -454,8 +402,8 @@ def write_index(
             elif _structure(r.metadata) != _structure(metadata):
                 raise FormatError(f"{p.name} differs from the first shard in num_classes/k/score_kind/encoding")
             entry: dict[str, Any] = {"file": rel, "records": len(r), "bytes": p.stat().st_size}
-            if len(r):
-                entry["first_key"], entry["last_key"] = r._keys[0], r._keys[-1]
+            if r.key_range is not None:
+                entry["first_key"], entry["last_key"] = r.key_range
         if sha256:
             entry["sha256"] = _sha256_file(p)
         entries.append(entry)

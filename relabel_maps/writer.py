@@ -10,117 +10,35 @@ the same bytes.
 
 from __future__ import annotations
 
-import base64
-import json
 import os
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
-import zstandard
 
 from . import format as fmt
-from .codecs import RecordArrays, get_codec
+from ._version import __version__
+from .codecs import Codec, get_codec
+from .dictionary import DICT_SAMPLES, DICT_SIZE, train_dictionary
 from .errors import CorruptRecordError, FormatError, InvalidArgumentError, InvalidLabelMapError, WriterError
+from .journal import PartialShard, RunFiles, as_stored, comparable_metadata, journal_header, recover
 from .labelmap import SCORE_KINDS, LabelMap
+from .layout import dataset_location, is_sharded
+from .records import RecordDecoder, RecordEncoder
 
 __all__ = ["Writer", "DICT_SAMPLES", "DICT_SIZE"]
 
-#: number of records a dictionary is trained on (the first ones added)
-DICT_SAMPLES = 256
-#: size in bytes of a trained dictionary
-DICT_SIZE = 16384
-_DICT_MIN_SAMPLES = 8
-_JOURNAL_VERSION = 1
 
-
-def _default_encoding(score_kind: str = "logits") -> str:
+def _default_codec(score_kind: str) -> Codec:
     """``"compact"`` for logits (its fixed 1/256 step suits logits) when available, else ``"f16"``;
     always ``"f16"`` for probabilities, whose small values a fixed absolute step would flatten."""
-    from .codecs import CODECS, _load_builtin
-
-    if score_kind == "probabilities":
-        return "f16"
-    _load_builtin()
-    return "compact" if "compact" in CODECS else "f16"
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-class _Shard:
-    """One output file being written: a partial file of records (+ an optional journal)."""
-
-    def __init__(self, partial: Path, journal: Path | None) -> None:
-        self.partial = partial
-        self.journal_path = journal
-        self.file: BinaryIO | None = None
-        self.journal: BinaryIO | None = None
-        self.entries: list[tuple[str, int, int, int]] = []
-        self.pos = fmt.HEADER_SIZE
-        self.key_bytes = 0
-
-    def create(self, journal_header: dict[str, Any] | None) -> None:
-        self.file = open(self.partial, "wb")
-        self.file.write(fmt.pack_header())
-        if self.journal_path is not None and journal_header is not None:
-            self.journal = open(self.journal_path, "wb")
-            self.journal.write(_json_line(journal_header))
-
-    def append(self, key: str, rec: bytes) -> None:
-        assert self.file is not None
-        crc = fmt.crc32(rec)
-        self.file.write(rec)
-        self.entries.append((key, self.pos, len(rec), crc))
-        if self.journal is not None:
-            self.journal.write(_json_line([key, self.pos, len(rec), crc]))
-        self.pos += len(rec)
-        self.key_bytes += len(key.encode("utf-8"))
-
-    def flush(self, sync: bool) -> None:
-        for f in (self.file, self.journal):  # records before the journal lines that describe them
-            if f is not None:
-                f.flush()
-                if sync:
-                    os.fsync(f.fileno())
-
-    def finish(self, metadata_bytes: bytes, dictionary: bytes) -> None:
-        """Append the footer and trailer, fsync and close (the caller renames the file)."""
-        assert self.file is not None
-        index, _ = fmt.pack_index(self.entries)
-        self.file.seek(self.pos)
-        self.file.truncate()
-        self.file.write(fmt.pack_footer(self.pos, len(self.entries), metadata_bytes, dictionary, index))
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.close()
-
-    def close(self) -> None:
-        for f in (self.file, self.journal):
-            if f is not None:
-                f.close()
-        self.file = self.journal = None
-
-
-def _json_line(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
-
-
-def _without_dictionary_flag(metadata: Mapping[str, Any]) -> dict[str, Any]:
-    """``metadata`` minus ``compression.dictionary``, which depends on training, not on the arguments."""
-    meta = dict(metadata)
-    meta["compression"] = {k: v for k, v in meta["compression"].items() if k != "dictionary"}
-    return meta
+    if score_kind != "probabilities":
+        try:
+            return get_codec("compact")
+        except InvalidArgumentError:  # not registered
+            pass
+    return get_codec("f16")
 
 
 class Writer:
@@ -136,8 +54,8 @@ class Writer:
         score_kind: ``"logits"`` or ``"probabilities"``.
         encoding: a codec name or spec (default: ``"compact"`` for logits when available, else ``"f16"``;
             ``"f16"`` for probabilities).
-        teacher: teacher description (``name``, ``weights``, ``input_size``, ``resize``, ``mean``,
-            ``std``, ``grid``); missing fields are stored as null.
+        teacher: teacher description (``name``, ``weights``, ``input_size``, ``crop_mode``, ``crop_pct``,
+            ``mean``, ``std``, ``grid``); missing fields are stored as null.
         class_set / class_names: class-set id and optional list of ``num_classes`` names.
         metadata: free keys, each namespaced ``"ns.key"`` or the key ``"extra"``.
         max_records / max_bytes: shard rollover limits (records per shard; approximate bytes).
@@ -185,41 +103,33 @@ class Writer:
         self.level = int(level)
         self.dictionary_mode: bool | str = dictionary
         self.resume, self.overwrite = bool(resume), bool(overwrite)
-        self.codec = get_codec(encoding if encoding is not None else _default_encoding(score_kind))
-        self._index_dtype = fmt.index_dtype_for(self.num_classes)
+        self.codec = get_codec(encoding) if encoding is not None else _default_codec(score_kind)
+        self._encoder = RecordEncoder(codec=self.codec, num_classes=self.num_classes, k=self.k, level=self.level)
         self._metadata = self._build_metadata(teacher, class_set, class_names, metadata)
 
         p = Path(path)
-        sharded = max_records is not None or max_bytes is not None or p.suffix != ".rlm" or p.is_dir()
-        if sharded:
-            if p.suffix == ".rlm" and not p.is_dir():
-                self.folder, self.name = p.parent, p.stem
-            else:
-                self.folder, self.name = p, p.name
-            if not self.name:
-                raise InvalidArgumentError(f"cannot derive a dataset name from {path!r}")
-        else:
-            self.folder, self.name = p.parent, p.name
-        self.sharded = sharded
+        self.sharded = is_sharded(p, max_records=max_records, max_bytes=max_bytes)
+        self.folder, self.name = dataset_location(path, sharded=self.sharded)
         self.path = p
+        self._files = RunFiles(self.folder, self.name, self.sharded)
 
         self._keys: set[str] = set()
         self._done: list[tuple[Path, int]] = []  # finished shards: (file, records)
-        self._shard: _Shard | None = None
+        self._shard: PartialShard | None = None
         self._pending: list[tuple[str, bytes, bytes]] = []  # (key, record header, body) before training
         self._dict: bytes | None = None if dictionary else b""
-        self._cctx: zstandard.ZstdCompressor | None = None
         self._written: list[str] = []
-        self._raw_decoders: dict[bytes, Any] = {}  # source dictionary -> RecordDecoder (add_raw)
+        self._raw_decoders: dict[bytes, RecordDecoder] = {}  # source dictionary -> decoder (add_raw)
 
         if self.resume and not self.overwrite and self._adopt_finished():
             return  # a finished run: nothing to add, close() returns its paths
         self._check_outputs()
         self.folder.mkdir(parents=True, exist_ok=True)
         if self.resume:
-            self._recover()
+            state = recover(self._files, as_stored(self._config()), self._dict)
+            self._done, self._keys, self._dict, self._shard = state.done, state.keys, state.dictionary, state.shard
         else:
-            self._remove_stale()
+            self._files.remove_stale()
         if self._dict is not None:
             self._start_compressor()
         self._closed = False
@@ -247,8 +157,6 @@ class Writer:
 
     def _build_metadata(self, teacher: Mapping[str, Any] | None, class_set: str | None,
                         class_names: Sequence[str] | None, extra: Mapping[str, Any] | None) -> dict[str, Any]:
-        from . import __version__
-
         if class_set is not None and not isinstance(class_set, str):
             raise InvalidArgumentError("class_set must be a string or None")
         names = None
@@ -284,172 +192,31 @@ class Writer:
             raise InvalidArgumentError(str(exc)) from None
         return meta
 
-    # ------------------------------------------------------------------------------ file names
-    def _final_single(self) -> Path:
-        return self.folder / self.name
-
-    def _hidden(self, i: int, suffix: str) -> Path:
-        """Hidden working file of shard ``i`` (of the single output when not sharded)."""
-        base = f"{self.name}-{i:05d}.rlm" if self.sharded else self.name
-        return self.folder / f".{base}.{suffix}"
-
-    def _partial(self, i: int) -> Path:
-        return self._hidden(i, "partial")
-
-    def _journal(self, i: int) -> Path:
-        return self._hidden(i, "journal")
-
-    def _done_path(self, i: int) -> Path:
-        return self.folder / f".{self.name}-{i:05d}.rlm.done"
-
-    def _index_path(self) -> Path:
-        return self.folder / f"{self.name}.index.json"
-
-    def _final_shards(self) -> list[Path]:
-        if not self.folder.is_dir():
-            return []
-        out = []
-        for p in self.folder.iterdir():
-            m = fmt.SHARD_NAME_RE.match(p.name)
-            if m and m.group("name") == self.name:
-                out.append(p)
-        return sorted(out)
-
+    # ------------------------------------------------------------------------------ outputs
     def _check_outputs(self) -> None:
-        existing = (
-            [p for p in [self._index_path()] if p.exists()] + self._final_shards()
-            if self.sharded
-            else [p for p in [self._final_single()] if p.exists()]
-        )
+        existing = self._files.outputs()
         if existing and not self.overwrite:
             hint = " (the run already finished)" if self.resume else ""
             raise WriterError(f"output exists{hint}: {existing[0]}; pass overwrite=True to replace it")
 
     def _adopt_finished(self) -> bool:
         """With ``resume``: if the output is already complete, take its keys and stay closed."""
-        from .opener import open as open_maps
-
-        final = self._index_path() if self.sharded else self._final_single()
-        if not final.exists() or self._partial(1).exists() or self._done_path(1).exists():
+        finished = self._files.finished_run(as_stored(self._config()["metadata"]))
+        if finished is None:
             return False
-        with open_maps(final) as maps:
-            stored = _without_dictionary_flag(json.loads(_json_line(maps.metadata)))
-            if stored != json.loads(_json_line(self._config()["metadata"])):
-                raise WriterError(f"resume: {final} was written with different arguments")
-            self._keys = set(maps)
-            shards = [str(self.folder / n) for n in getattr(maps, "shard_names", [])]
-        self._written = shards + [str(final)] if self.sharded else [str(final)]
+        self._keys, self._written = finished
         self._complete = True
         return True
 
-    def _remove_stale(self) -> None:
-        for i in range(1, 1 + (self._count_stale() if self.sharded else 1)):
-            for p in (self._partial(i), self._journal(i), self._done_path(i)):
-                p.unlink(missing_ok=True)
-
-    def _count_stale(self) -> int:
-        n = 0
-        prefix = f".{self.name}-"
-        for p in self.folder.iterdir() if self.folder.is_dir() else []:
-            if p.name.startswith(prefix) and p.name.endswith((".partial", ".journal", ".done")):
-                digits = p.name[len(prefix) : len(prefix) + 5]
-                if digits.isdigit():
-                    n = max(n, int(digits))
-        return n
-
-    # ------------------------------------------------------------------------------ resume
     def _config(self) -> dict[str, Any]:
+        """The arguments a resumed run must repeat."""
         return {
-            "metadata": _without_dictionary_flag(self._metadata),
+            "metadata": comparable_metadata(self._metadata),
             "max_records": self.max_records,
             "max_bytes": self.max_bytes,
             "dictionary": self.dictionary_mode,
             "sharded": self.sharded,
         }
-
-    def _journal_header(self) -> dict[str, Any]:
-        return {
-            "journal": _JOURNAL_VERSION,
-            "config": self._config(),
-            "dictionary": base64.b64encode(self._dict or b"").decode("ascii"),
-        }
-
-    def _recover(self) -> None:
-        """Pick up finished shards and the complete, CRC-valid records of the partial shard."""
-        from .reader import Reader
-
-        config = json.loads(_json_line(self._config()))
-        i = 1
-        while self.sharded and self._done_path(i).exists():
-            with Reader(self._done_path(i)) as r:
-                if r.metadata.get("compression", {}).get("dictionary"):
-                    self._dict = r.dictionary
-                elif self._dict is None:
-                    self._dict = b""
-                if _without_dictionary_flag(r.metadata) != config["metadata"]:
-                    raise WriterError(f"resume: {self._done_path(i)} was written with different arguments")
-                self._keys.update(r.keys())
-                self._done.append((self._done_path(i), len(r)))
-            self._journal(i).unlink(missing_ok=True)  # stale: the shard finished
-            self._partial(i).unlink(missing_ok=True)
-            i += 1
-        partial, journal = self._partial(i), self._journal(i)
-        if not (partial.exists() and journal.exists()):
-            partial.unlink(missing_ok=True)
-            journal.unlink(missing_ok=True)
-            return
-        with open(journal, "rb") as jf:
-            lines = jf.read().split(b"\n")
-        try:
-            header = json.loads(lines[0])
-            ok = header.get("journal") == _JOURNAL_VERSION
-        except (ValueError, AttributeError):
-            ok = False
-        if not ok or len(lines) < 2:  # the header line itself is incomplete: nothing was stored
-            partial.unlink(missing_ok=True)
-            journal.unlink(missing_ok=True)
-            return
-        if header.get("config") != config:
-            raise WriterError(
-                f"resume: {journal} was written with different arguments; use the same arguments "
-                "or resume=False to start over"
-            )
-        dictionary = base64.b64decode(header.get("dictionary", ""))
-        if self._dict is not None and self._dict != dictionary:
-            raise WriterError(f"resume: {journal} disagrees with the finished shards' dictionary")
-        self._dict = dictionary
-        shard = _Shard(partial, journal)
-        good_journal = len(lines[0]) + 1
-        entries: list[tuple[str, int, int, int]] = []
-        with open(partial, "rb") as pf:
-            size = os.fstat(pf.fileno()).st_size
-            pos = fmt.HEADER_SIZE
-            valid_header = pf.read(fmt.HEADER_SIZE) == fmt.pack_header()
-            for line in lines[1:-1] if valid_header else []:  # lines[-1] follows the last newline
-                try:
-                    key, off, n, crc = json.loads(line)
-                    sound = off == pos and isinstance(key, str) and 0 < n and off + n <= size
-                except (ValueError, TypeError):
-                    break
-                if not sound or key in self._keys or fmt.crc32(os.pread(pf.fileno(), n, off)) != crc:
-                    break
-                entries.append((key, off, n, crc))
-                self._keys.add(key)
-                pos += n
-                good_journal += len(line) + 1
-        shard.entries = entries
-        shard.pos = entries[-1][1] + entries[-1][2] if entries else fmt.HEADER_SIZE
-        shard.key_bytes = sum(len(e[0].encode("utf-8")) for e in entries)
-        with open(journal, "r+b") as jf:
-            jf.truncate(good_journal)
-        shard.file = open(partial, "r+b")
-        if not entries:
-            shard.file.truncate(0)
-            shard.file.write(fmt.pack_header())
-        shard.file.truncate(shard.pos)
-        shard.file.seek(shard.pos)
-        shard.journal = open(journal, "ab")
-        self._shard = shard
 
     # ------------------------------------------------------------------------------ adding
     def __contains__(self, key: object) -> bool:
@@ -505,8 +272,6 @@ class Writer:
         this writer's; otherwise its frame is recompressed (the body is kept as is). The caller
         vouches that the source's ``score_kind`` matches (the bytes do not tell).
         """
-        from .reader import RecordDecoder, check_decoded
-
         self._check_key(key)
         if not isinstance(record, (bytes, bytearray, memoryview)):
             raise InvalidArgumentError(f"a record is bytes, got {type(record).__name__}")
@@ -514,20 +279,22 @@ class Writer:
         if crc32 is not None and fmt.crc32(rec) != crc32:
             raise CorruptRecordError(f"CRC32 mismatch in record {key!r}")
         source_dict = bytes(dictionary)
-        decoder = self._raw_decoders.get(source_dict)
+        header, body = self._raw_decoder(source_dict).checked_body(rec, key)
+        self._store(key, header, body, rec[fmt.RECORD_HEADER_SIZE :] if source_dict == self._dict else None)
+
+    def _raw_decoder(self, dictionary: bytes) -> RecordDecoder:
+        """The decoder of records compressed with ``dictionary`` under this writer's structure."""
+        decoder = self._raw_decoders.get(dictionary)
         if decoder is None:
             try:
                 decoder = RecordDecoder(
                     num_classes=self.num_classes, k=self.k, score_kind=self.score_kind, codec=self.codec,
-                    dictionary=source_dict,
+                    dictionary=dictionary,
                 )
             except FormatError as exc:
                 raise InvalidArgumentError(str(exc)) from None
-            self._raw_decoders[source_dict] = decoder
-        h, w, k, flags, body = decoder.decompress(rec, key)
-        check_decoded(decoder.decode_body(h, w, k, flags, body, key))
-        header = fmt.pack_record_header(h, w, k, flags)  # canonical: reserved field 0
-        self._store(key, header, body, rec[fmt.RECORD_HEADER_SIZE :] if source_dict == self._dict else None)
+            self._raw_decoders[dictionary] = decoder
+        return decoder
 
     def _check_key(self, key: str) -> None:
         if self._closed:
@@ -547,22 +314,8 @@ class Writer:
 
     def _add(self, key: str, lm: LabelMap) -> None:
         self._check_key(key)
-        k, h, w = lm.shape
-        lim = fmt.LIMITS
-        if k > self.k:
-            raise InvalidLabelMapError(f"label map has k={k} entries per location; the writer stores at most {self.k}")
-        if h > lim.max_height or w > lim.max_width or k * h * w > lim.max_entries:
-            raise InvalidLabelMapError(f"label map {k}x{h}x{w} exceeds the format's limits")
-        indices, scores = lm.indices, lm.scores
-        if lm.counts is not None:  # canonical padding: index 0, score 0 (spec/FORMAT.md §4)
-            pad = ~lm.valid()
-            if pad.any():
-                indices, scores = np.where(pad, 0, indices).astype(indices.dtype), np.where(pad, 0, scores).astype(np.float32)
-        arrays = RecordArrays(indices, scores, lm.counts, lm.lse)
-        body = self.codec.encode(arrays)
-        if len(body) > self.codec.max_body_size(k, h, w, arrays.flags, self._index_dtype.itemsize):
-            raise WriterError(f"encoding {self.codec.name!r} produced a body above its declared bound")
-        self._store(key, fmt.pack_record_header(h, w, k, arrays.flags), body)
+        header, body = self._encoder.body(lm)
+        self._store(key, header, body)
 
     def _store(self, key: str, header: bytes, body: bytes, frame: bytes | None = None) -> None:
         """Write a record, or hold it until the dictionary is trained; ``frame`` is its already
@@ -573,44 +326,21 @@ class Writer:
             if len(self._pending) >= DICT_SAMPLES:
                 self._train_dictionary()
         else:
-            self._write(key, header + (frame if frame is not None else self._compress(body)))
-
-    def _compress(self, body: bytes) -> bytes:
-        assert self._cctx is not None
-        return self._cctx.compress(body)
+            self._write(key, header + (frame if frame is not None else self._encoder.compress(body)))
 
     def _start_compressor(self) -> None:
-        params: dict[str, Any] = {"level": self.level, "write_content_size": True, "write_checksum": False}
-        if self._dict:
-            params["dict_data"] = zstandard.ZstdCompressionDict(self._dict)
-        self._cctx = zstandard.ZstdCompressor(**params)
+        self._encoder.use_dictionary(self._dict or b"")
         self._metadata["compression"]["dictionary"] = bool(self._dict)
         self._metadata_bytes = fmt.dump_metadata(self._metadata)
 
     def _train_dictionary(self) -> None:
-        """Train on the pending bodies; keep the dictionary only where it makes records smaller."""
+        """Train on the pending bodies (kept only where it makes records smaller), then write them."""
         samples = [body for _, _, body in self._pending]
-        plain = zstandard.ZstdCompressor(level=self.level, write_content_size=True)
-        base = sum(len(plain.compress(s)) for s in samples)
-        chosen = b""
-        if len(samples) >= _DICT_MIN_SAMPLES:
-            try:
-                trained = zstandard.train_dictionary(
-                    DICT_SIZE, samples, k=1024, d=8, steps=0, threads=0, level=self.level
-                ).as_bytes()
-            except zstandard.ZstdError:
-                trained = b""
-            if trained:
-                cctx = zstandard.ZstdCompressor(level=self.level, dict_data=zstandard.ZstdCompressionDict(trained))
-                size = sum(len(cctx.compress(s)) for s in samples)
-                cost = size + (len(trained) if self.dictionary_mode == "auto" else 0)
-                if cost < base:
-                    chosen = trained
-        self._dict = chosen
+        self._dict = train_dictionary(samples, level=self.level, count_size=self.dictionary_mode == "auto")
         self._start_compressor()
         pending, self._pending = self._pending, []
         for key, header, body in pending:
-            self._write(key, header + self._compress(body))
+            self._write(key, header + self._encoder.compress(body))
 
     def _write(self, key: str, rec: bytes) -> None:
         shard = self._shard
@@ -621,15 +351,15 @@ class Writer:
             shard = self._open_shard()
         shard.append(key, rec)
 
-    def _open_shard(self) -> _Shard:
+    def _open_shard(self) -> PartialShard:
         """Create the partial file (and journal) of the next shard and make it current."""
         i = len(self._done) + 1
-        shard = _Shard(self._partial(i), self._journal(i) if self.resume else None)
-        shard.create(self._journal_header() if self.resume else None)
+        shard = PartialShard(self._files.partial(i), self._files.journal(i) if self.resume else None)
+        shard.create(journal_header(self._config(), self._dict or b"") if self.resume else None)
         self._shard = shard
         return shard
 
-    def _full(self, shard: _Shard, key: str, rec: bytes) -> bool:
+    def _full(self, shard: PartialShard, key: str, rec: bytes) -> bool:
         if self.max_records is not None and len(shard.entries) >= self.max_records:
             return True
         if self.max_bytes is not None:
@@ -642,17 +372,9 @@ class Writer:
     def _finish_shard(self) -> None:
         shard = self._shard
         assert shard is not None
-        i = len(self._done) + 1
         shard.finish(self._metadata_bytes, self._dict or b"")
-        if self.sharded:
-            done = self._done_path(i)
-            os.replace(shard.partial, done)
-        else:
-            done = self._final_single()
-            os.replace(shard.partial, done)
-        _fsync_dir(self.folder)
-        if shard.journal_path is not None:
-            shard.journal_path.unlink(missing_ok=True)
+        done = self._files.done(len(self._done) + 1) if self.sharded else self._files.single_file
+        shard.move_to(done)
         self._done.append((done, len(shard.entries)))
         self._shard = None
 
@@ -676,7 +398,7 @@ class Writer:
             if self._dict is None:
                 self._train_dictionary()
             if self._shard is None and not self._done:
-                if self._cctx is None:
+                if not self._encoder.ready:
                     self._start_compressor()
                 self._open_shard()
             if self._shard is not None:
@@ -688,22 +410,8 @@ class Writer:
 
     def _publish(self) -> list[str]:
         if not self.sharded:
-            return [str(self._final_single())]
-        from .shards import write_index
-
-        total = len(self._done)
-        if self.overwrite:
-            for old in self._final_shards():
-                old.unlink()
-        paths = []
-        for i, (done, _) in enumerate(self._done, start=1):
-            final = self.folder / fmt.shard_name(self.name, i, total)
-            os.replace(done, final)
-            paths.append(final)
-        _fsync_dir(self.folder)
-        index = self._index_path()
-        write_index(paths, index)
-        return [str(p) for p in paths] + [str(index)]
+            return [str(self._files.single_file)]
+        return self._files.publish([done for done, _ in self._done], replace=self.overwrite)
 
     def abort(self) -> None:
         """Stop without finalizing. Without ``resume`` the partial files are deleted; with it they
@@ -725,7 +433,7 @@ class Writer:
             if done.name.startswith("."):
                 done.unlink(missing_ok=True)
 
-    def __enter__(self) -> "Writer":
+    def __enter__(self) -> Writer:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:

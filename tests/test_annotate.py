@@ -21,9 +21,9 @@ pytest.importorskip("timm")
 Image = pytest.importorskip("PIL.Image")
 
 import relabel_maps  # noqa: E402
-from relabel_maps.annotate import annotate, load_teacher  # noqa: E402
+from relabel_maps.annotate import annotate, load_teacher, part_output_path  # noqa: E402
+from relabel_maps.annotate.batches import plan_batches  # noqa: E402
 from relabel_maps.annotate.decode import load_rgb, resize_image, resize_pil  # noqa: E402
-from relabel_maps.annotate.pipeline import part_output_path, plan_batches  # noqa: E402
 from relabel_maps.annotate.sources import list_images, parse_shard, shard_items  # noqa: E402
 from relabel_maps.errors import InvalidArgumentError, WriterError  # noqa: E402
 
@@ -74,7 +74,8 @@ def test_sources_folder_keys_sorted_and_filtered(tmp_path):
     assert [it.key for it in items] == keys
     assert all(Path(it.path).is_file() for it in items)
     assert [it.key for it in list_images(tmp_path / "src", globs=["*.png"])] == [k for k in keys if k.endswith(".png")]
-    assert [it.key for it in list_images(tmp_path / "src", globs=["n0001/*"])] == [k for k in keys if k.startswith("n0001/")]
+    in_n0001 = [k for k in keys if k.startswith("n0001/")]
+    assert [it.key for it in list_images(tmp_path / "src", globs=["n0001/*"])] == in_n0001
     assert [it.key for it in list_images(tmp_path / "src", globs=["*.txt"])] == ["notes.txt"]
     os.symlink(tmp_path / "src", tmp_path / "src" / "n0001" / "loop")  # a cycle is walked once
     assert [it.key for it in list_images(tmp_path / "src")] == keys
@@ -121,7 +122,7 @@ def _bad_image_folder(root: Path) -> dict[str, str | None]:
     Image.fromarray(rgb).convert("CMYK").save(root / "cmyk.jpg", quality=90)
     Image.fromarray(rgb).convert("L").save(root / "gray.png")
     Image.fromarray(rgb).convert("L").save(root / "gray.jpg")
-    Image.fromarray((np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * 21)).save(root / "gray16.png")
+    Image.fromarray(np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * 21).save(root / "gray16.png")
     rgba = np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)])
     Image.fromarray(rgba, "RGBA").save(root / "alpha.png")
     pal = Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE, colors=16)
@@ -158,11 +159,13 @@ def test_load_rgb_modes():
     assert torch.equal(r, r.round())
     one = resize_image(torch.full((3, 1, 1), 77, dtype=torch.uint8), (5, 5))
     assert torch.all(one == 77)
-    crop = resize_image(torch.arange(3 * 4 * 8, dtype=torch.uint8).reshape(3, 4, 8), (4, 4), "center-crop")
+    crop = resize_image(torch.arange(3 * 4 * 8, dtype=torch.uint8).reshape(3, 4, 8), (4, 4), "center")
     assert tuple(crop.shape) == (3, 4, 4) and torch.equal(crop[0, 0], torch.arange(2, 6).float())
+    old = resize_image(torch.arange(3 * 4 * 8, dtype=torch.uint8).reshape(3, 4, 8), (4, 4), "center-crop")
+    assert torch.equal(old, crop)  # the former spelling still reads
     # the CPU (PIL) and device (torch) resizers agree on smooth images
     smooth = _rgb(37, 53, 3)
-    for size, mode in (((20, 24), "squash"), ((64, 64), "squash"), ((30, 30), "center-crop")):
+    for size, mode in (((20, 24), "squash"), ((64, 64), "squash"), ((30, 30), "center")):
         p = resize_pil(smooth, size, mode).astype(np.float32)
         t = resize_image(torch.from_numpy(smooth.copy()).permute(2, 0, 1), size, mode).permute(1, 2, 0).numpy()
         assert p.shape == t.shape and np.abs(p - t).mean() < 0.5 and np.abs(p - t).max() <= 3
@@ -171,9 +174,16 @@ def test_load_rgb_modes():
 def test_bad_images_are_handled_or_reported(tmp_path, tiny):
     expected = _bad_image_folder(tmp_path / "bad")
     out = tmp_path / "bad.rlm"
-    s = annotate(tmp_path / "bad", out, tiny, k=3, batch_size=4, max_pixels=1_000_000)
+    seen = {"done": 0, "failed": 0}
+
+    def progress(n, total=None, skipped=0, failed=0):
+        seen["done"] += n
+        seen["failed"] += failed
+
+    s = annotate(tmp_path / "bad", out, tiny, k=3, batch_size=4, max_pixels=1_000_000, progress=progress)
     good = sorted(k for k, v in expected.items() if v is None)
     failed = {k: v for k, v in expected.items() if v is not None}
+    assert seen == {"done": len(expected), "failed": len(failed)}
     assert s.annotated == len(good) and s.failed == len(failed) and s.records == len(good)
     report = [json.loads(line) for line in Path(s.failures_path).read_text().splitlines()]
     assert {r["key"]: r["reason"] for r in report} == failed
@@ -198,7 +208,7 @@ def test_records_match_the_teacher(tmp_path, tiny):
         meta = maps.metadata
         assert meta["k"] == 4 and meta["num_classes"] == NC and meta["score_kind"] == "logits"
         assert meta["teacher"]["name"] == "resnet18" and meta["teacher"]["grid"] == [2, 2]
-        assert meta["teacher"]["input_size"] == [SIZE, SIZE] and meta["teacher"]["resize"] == "squash"
+        assert meta["teacher"]["input_size"] == [SIZE, SIZE] and meta["teacher"]["crop_mode"] == "squash"
         assert meta["annotate.store_lse"] is True
         assert list(maps.keys()) == keys
         for key in keys:
@@ -244,7 +254,7 @@ def test_dataloader_workers_and_rerun_of_finished_output(tmp_path, tiny):
     a, b = _read_all(ref.outputs[0]), _read_all(par.outputs[0])
     assert a.keys() == b.keys()
     for key in a:
-        for x, y in zip(a[key], b[key]):
+        for x, y in zip(a[key], b[key], strict=True):
             assert np.array_equal(x, y)
     again = annotate(tmp_path / "src", tmp_path / "a.rlm", tiny, k=2, batch_size=2)
     assert (again.annotated, again.skipped, again.records) == (0, 5, 5)
@@ -257,8 +267,11 @@ def test_dataloader_workers_and_rerun_of_finished_output(tmp_path, tiny):
 
 def test_overwrite_sharded_output_starts_over(tmp_path, tiny):
     keys = _folder(tmp_path / "src", n=7)
-    first = annotate(tmp_path / "src", tmp_path / "maps", tiny, k=2, batch_size=3, max_records=2, progress=True)
+    calls = []
+    first = annotate(tmp_path / "src", tmp_path / "maps", tiny, k=2, batch_size=3, max_records=2,
+                     progress=lambda n, **counts: calls.append((n, counts)))
     assert len([p for p in first.outputs if p.endswith(".rlm")]) == 4
+    assert calls[0] == (0, {"total": 7, "skipped": 0}) and sum(n for n, _ in calls) == 7
     for key in keys[:4]:
         (tmp_path / "src" / key).unlink()
     again = annotate(tmp_path / "src", tmp_path / "maps", tiny, k=2, batch_size=3, max_records=2, overwrite=True)
@@ -333,7 +346,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     a, b = _read_all(ref), _read_all(out)
     assert sorted(a) == sorted(b) and len(a) == 60
     for key in a:
-        for x, y in zip(a[key], b[key]):
+        for x, y in zip(a[key], b[key], strict=True):
             assert np.array_equal(x, y), key
 
 
@@ -386,6 +399,21 @@ def test_cli_annotate_and_resume(tmp_path, cli):
             "--input-size", f"{SIZE}x{SIZE}", "--shard", "1/2", "--limit", 1, "--max-records", 1, "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["records"] == 1
+
+
+def test_cli_crop_mode_and_its_former_name(tmp_path, cli):
+    _folder(tmp_path / "src", n=1)
+    base = ["-t", "resnet18", "--random-init", "--num-classes", NC, "--input-size", SIZE, "-q"]
+    r = cli(tmp_path / "src", tmp_path / "c.rlm", *base, "--crop-mode", "center", "--crop-pct", 0.875)
+    assert r.exit_code == 0, r.output
+    r2 = cli(tmp_path / "src", tmp_path / "r.rlm", *base, "--resize", "center-crop")
+    assert r2.exit_code == 0, r2.output
+    with relabel_maps.open(tmp_path / "c.rlm") as a, relabel_maps.open(tmp_path / "r.rlm") as b:
+        assert (a.metadata["teacher"]["crop_mode"], a.metadata["teacher"]["crop_pct"]) == ("center", 0.875)
+        assert (b.metadata["teacher"]["crop_mode"], b.metadata["teacher"]["crop_pct"]) == ("center", 1.0)
+    r = cli(tmp_path / "src", tmp_path / "x.rlm", *base, "--resize", "letterbox")
+    assert r.exit_code == 2 and "unknown crop mode" in r.output
+    assert "--resize" not in cli("--help").output
 
 
 def test_cli_offline_quick_start_on_sample_photos(tmp_path, cli):

@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relabel_maps.codecs import FLAG_COUNTS, FLAG_LSE, RecordArrays, get_codec
+import relabel_maps as rm
+from relabel_maps.codecs import (
+    CODECS,
+    FLAG_COUNTS,
+    FLAG_LSE,
+    RecordArrays,
+    codec_from_metadata,
+    get_codec,
+    register_codec,
+)
 from relabel_maps.codecs.compact import DEFAULT_FINE_RANKS, DEFAULT_STEP, RECOMMENDED_STEP, CompactCodec
-from relabel_maps.errors import CorruptRecordError, InvalidArgumentError, InvalidLabelMapError
+from relabel_maps.codecs.raw import F32Codec
+from relabel_maps.errors import CorruptRecordError, FormatError, InvalidArgumentError, InvalidLabelMapError
 
-ALL = [
-    {"name": "f32"}, {"name": "f16"}, {"name": "compact"}, {"name": "compact", "step": 2.0**-10},
+ALL: list[dict[str, Any]] = [
+    {"name": "f32"}, {"name": "f16"}, {"name": "compact"}, {"name": "compact", "step": 2.0**-7},
+    {"name": "compact", "step": 2.0**-10},
     {"name": "compact", "step": 2.0**-3, "fine_ranks": 1},
 ]  # fmt: skip
 
@@ -38,8 +50,8 @@ def make(
         pad = np.arange(k)[:, None] >= cnt[None]
         idx[pad], sc[pad] = 0, 0.0
         cnt = cnt.reshape(h, w)
-    l = (sc[0] + rng.uniform(0, 5, m)).astype(np.float32).reshape(h, w) if lse else None
-    return RecordArrays(idx.astype(dtype).reshape(k, h, w), sc.reshape(k, h, w), cnt, l)
+    lse_arr = (sc[0] + rng.uniform(0, 5, m)).astype(np.float32).reshape(h, w) if lse else None
+    return RecordArrays(idx.astype(dtype).reshape(k, h, w), sc.reshape(k, h, w), cnt, lse_arr)
 
 
 def compact_reference(codec, a: RecordArrays) -> np.ndarray:
@@ -91,7 +103,7 @@ def check(codec, a: RecordArrays, out: RecordArrays) -> None:
     if a.lse is None:
         assert out.lse is None
     else:
-        assert out.lse.dtype == np.float32 and out.lse.shape == a.lse.shape
+        assert out.lse is not None and out.lse.dtype == np.float32 and out.lse.shape == a.lse.shape
         if codec.name in ("f32", "f16"):
             np.testing.assert_array_equal(out.lse, a.lse)
         else:
@@ -213,19 +225,80 @@ def test_bad_fine_ranks(fine_ranks):
         get_codec({"name": "compact", "fine_ranks": fine_ranks})
 
 
-def test_spec_and_defaults():
-    # a metadata mapping without parameters means the format's defaults (spec/ENCODINGS.md section 3)
-    codec = get_codec({"name": "compact"})
-    assert isinstance(codec, CompactCodec) and not codec.lossless
+def test_writers_start_from_the_recommended_parameters():
+    """get_codec (the writers' API): a bare name and a mapping without parameters are the same codec,
+    the recommended one; a mapping overrides only the parameters it gives."""
+    recommended = {"name": "compact", "step": RECOMMENDED_STEP, "fine_ranks": DEFAULT_FINE_RANKS}
+    assert RECOMMENDED_STEP == 2.0**-8 and CompactCodec.recommended == {"step": 2.0**-8, "fine_ranks": 2}
+    assert get_codec("compact").spec == get_codec({"name": "compact"}).spec == recommended
+    assert get_codec({"name": "compact", "step": 2.0**-7}).spec == {**recommended, "step": 2.0**-7}
+    assert get_codec({"name": "compact", "fine_ranks": 5}).spec == {**recommended, "fine_ranks": 5}
+    for spec in ALL:  # a codec's spec names it again
+        codec = get_codec(spec)
+        assert get_codec(codec.spec).spec == codec.spec
+    assert get_codec("f32").lossless and not get_codec("f16").lossless and not get_codec("compact").lossless
+
+
+def test_metadata_encoding_uses_the_format_defaults():
+    """codec_from_metadata (a file's stored encoding): a missing parameter means the format's default
+    (spec/ENCODINGS.md section 3); a spelled-out spec, as the Writer stores, means the same codec to
+    both functions."""
+    codec = codec_from_metadata({"name": "compact"})
+    assert isinstance(codec, CompactCodec)
     expected = {"name": "compact", "step": 2.0**-7, "fine_ranks": 2}
     assert codec.spec == {"name": "compact", "step": DEFAULT_STEP, "fine_ranks": DEFAULT_FINE_RANKS} == expected
-    assert get_codec({"name": "compact", "step": 2.0**-7}).spec == expected
-    assert get_codec(codec.spec).spec == codec.spec
-    # the bare name, as writers use it, selects the recommended step
-    recommended = get_codec("compact")
-    assert recommended.spec == {"name": "compact", "step": RECOMMENDED_STEP, "fine_ranks": 2} and RECOMMENDED_STEP == 2.0**-8
-    assert get_codec(recommended.spec).spec == recommended.spec
-    assert get_codec("f32").lossless and not get_codec("f16").lossless
+    assert codec_from_metadata({"name": "compact", "fine_ranks": 3}).spec == {**expected, "fine_ranks": 3}
+    assert codec_from_metadata({"name": "f16"}).spec == {"name": "f16"}
+    for spec in ALL:
+        full = get_codec(spec).spec
+        assert codec_from_metadata(full).spec == full
+
+
+def test_writer_stores_every_parameter(tmp_path):
+    with rm.Writer(tmp_path / "a.rlm", num_classes=10, k=2, encoding={"name": "compact"}) as w:
+        w.add("a", np.array([[[1]], [[2]]]), np.array([[[1.0]], [[0.5]]]))
+    with rm.open(tmp_path / "a.rlm") as maps:
+        stored = maps.metadata["encoding"]
+    assert stored == get_codec("compact").spec == {"name": "compact", "step": 2.0**-8, "fine_ranks": 2}
+    assert codec_from_metadata(stored).spec == stored
+
+
+@pytest.mark.parametrize(
+    "encoding", [None, 3, {"step": 1.0}, {"name": 7}, "nope", {"name": "f32", "step": 1.0}, {"name": "compact", "x": 1}]
+)
+def test_get_codec_rejects(encoding):
+    with pytest.raises(InvalidArgumentError):
+        get_codec(encoding)
+
+
+@pytest.mark.parametrize(
+    "encoding",
+    ["compact", None, {"step": 1.0}, {"name": "nope"}, {"name": "f32", "step": 1.0}, {"name": "compact", "step": 0.01}],
+)
+def test_codec_from_metadata_rejects(encoding):
+    with pytest.raises(FormatError):
+        codec_from_metadata(encoding)
+
+
+def test_registry_declares_every_capability():
+    assert {"f32", "f16", "compact"} <= set(CODECS)
+    for name, factory in CODECS.items():
+        codec = factory(**factory.recommended)
+        assert codec.name == name and codec.spec["name"] == name
+        assert isinstance(codec.lossless, bool) and isinstance(codec.finite, bool)
+    assert get_codec("compact").finite and not get_codec("f32").finite and not get_codec("f16").finite
+
+
+def test_register_codec():
+    class Tiny(F32Codec):
+        name = "tiny-test"
+
+    register_codec("tiny-test", Tiny)
+    try:
+        assert isinstance(get_codec("tiny-test"), Tiny)
+        assert isinstance(codec_from_metadata({"name": "tiny-test"}), Tiny)
+    finally:
+        del CODECS["tiny-test"]
 
 
 def test_deterministic_bytes():
@@ -248,7 +321,7 @@ def test_compact_byte_layout_matches_spec():
     out = CompactCodec(0.25).decode(body, 2, 1, 2, FLAG_LSE, np.uint16)
     assert out.indices.tolist() == [[[3, 10]], [[10, 3]]]
     assert out.scores.tolist() == [[[1.0, 0.5]], [[0.25, -0.5]]]
-    assert out.lse.tolist() == [[2.0, 1.0]]
+    assert out.lse is not None and out.lse.tolist() == [[2.0, 1.0]]
     assert CompactCodec(0.25).encode(RecordArrays(out.indices, out.scores, None, out.lse)) == body
 
 
@@ -262,7 +335,7 @@ def test_compact_byte_layout_coarse_rank_matches_spec():
     assert body.hex() == "02000000020000000200000001010100" "0307" "00010100" "02000202" "0200"
     out = codec.decode(body, 2, 1, 2, FLAG_LSE, np.uint16)
     assert out.scores.tolist() == [[[1.0, 0.5]], [[0.0, -0.5]]]
-    assert out.lse.tolist() == [[2.0, 1.0]]
+    assert out.lse is not None and out.lse.tolist() == [[2.0, 1.0]]
 
 
 def test_raw_byte_layout_matches_spec():
@@ -324,7 +397,7 @@ def test_mutation_fuzz_only_typed_errors(spec):
     """Random byte flips, insertions and deletions: decode or CorruptRecordError, never anything else."""
     codec = get_codec(spec)
     rng = np.random.default_rng(8)
-    cases = [make(rng, k, h, w, c, lse=l, counts=n) for k, h, w, c, l, n in
+    cases = [make(rng, k, h, w, c, lse=has_lse, counts=n) for k, h, w, c, has_lse, n in
              [(5, 15, 15, 1000, False, False), (3, 4, 5, 300, True, True), (1, 1, 1, 7, True, False),
               (4, 3, 3, 70_000, False, True)]]  # fmt: skip
     for i in range(300):

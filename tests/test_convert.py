@@ -25,6 +25,7 @@ from relabel_maps.convert import PROVENANCE_KEY, iter_pt_files, key_for, load_te
 from relabel_maps.convert.relabel import convert_relabel  # noqa: E402
 from relabel_maps.convert.tokenlabeling import convert_tokenlabeling  # noqa: E402
 from relabel_maps.errors import FormatError  # noqa: E402
+from relabel_maps.frame import TeacherFrame  # noqa: E402
 from relabel_maps.pooling import relabel_compat  # noqa: E402
 
 CLASSES = ["n01440764", "n01443537", "n02085620"]
@@ -105,6 +106,9 @@ def test_convert_official_folder_compat_pooling_matches_released_code(tmp_path, 
         assert meta[PROVENANCE_KEY]["source"] == "relabel_imagenet"
         assert meta[PROVENANCE_KEY]["source_path"] == "imagenet_efficientnet_l2_sz475_top5"
         assert meta["teacher"]["input_size"] == [475, 475]
+        assert meta["teacher"]["crop_mode"] == "squash" and meta["teacher"]["crop_pct"] == 1.0
+        assert "resize" not in meta["teacher"]
+        assert TeacherFrame.from_metadata(meta) == TeacherFrame("squash", (475, 475))
         for rel, t in tensors.items():
             key = rel[:-3] + ".JPEG"
             lm = maps[key]
@@ -128,7 +132,9 @@ def test_convert_size_with_default_encoding(tmp_path, capsys):
         assert sorted(maps) == sorted(rel[:-3] + ".JPEG" for rel in tensors)
     assert result.ratio > 2.0
     with capsys.disabled():
-        print(f"\n[convert] default encoding {name}: {result.output_bytes / 9:.0f} B/image = {result.ratio:.2f}x smaller")
+        print(
+            f"\n[convert] default encoding {name}: {result.output_bytes / 9:.0f} B/image = {result.ratio:.2f}x smaller"
+        )
 
 
 def test_convert_official_tar_equals_folder(tmp_path):
@@ -244,7 +250,9 @@ def test_convert_cli(tmp_path):
     assert "converted 3 maps" in result.output and "ratio" in result.output
     result = runner.invoke(main, ["convert", str(src), str(tmp_path / "out"), "--max-records", "2"])
     assert result.exit_code == 1 and "Traceback" not in result.output  # exists, no --overwrite
-    result = runner.invoke(main, ["convert", "--from", "tokenlabeling", str(src), str(tmp_path / "tl.rlm"), "--encoding", "f32"])
+    result = runner.invoke(
+        main, ["convert", "--from", "tokenlabeling", str(src), str(tmp_path / "tl.rlm"), "--encoding", "f32"]
+    )
     assert result.exit_code == 0, result.output
     (src / CLASSES[0] / "broken.pt").write_bytes(b"\x00" * 10)
     result = runner.invoke(main, ["convert", str(src), str(tmp_path / "x.rlm")])

@@ -22,12 +22,14 @@ C, K, GRID = 10, 3, 4
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return image_folder_with_maps(tmp_path_factory.mktemp("tiny"), ("a", "b"), 4, (48, 64), "jpg", num_classes=C, k=K,
-                                  grid=GRID, teacher={"resize": "squash", "input_size": [64, 64]})
+                                  grid=GRID, teacher={"crop_mode": "squash", "input_size": [64, 64]})
 
 
 def run(args, tmp_path):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONPATH=str(EXAMPLES.parent))
-    proc = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, *map(str, args)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
@@ -54,4 +56,5 @@ def test_train_example_with_cutmix(tiny, tmp_path):
 def test_sample_images(tmp_path):
     pytest.importorskip("skimage")
     run([EXAMPLES / "sample_images.py", tmp_path / "photos"], tmp_path)
-    assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg"]
+    names = sorted(p.name for p in (tmp_path / "photos").iterdir())
+    assert names == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import struct
 import tempfile
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,11 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_constants_match_the_spec():
-    assert rm.FORMAT_VERSION == fmt.FORMAT_VERSION == (1, 0)
+    assert rm.FORMAT_VERSION == fmt.FORMAT_VERSION == (1, 1)
     assert fmt.MAGIC == bytes.fromhex("89524C4D0D0A1A0A")
     assert fmt.END_MAGIC == bytes.fromhex("89524C4D454E440A")
     assert (fmt.HEADER_SIZE, fmt.RECORD_HEADER_SIZE, fmt.TRAILER_SIZE, fmt.INDEX_ROW_SIZE) == (16, 8, 64, 24)
-    assert fmt.pack_header() == fmt.MAGIC + b"\x01\x00\x00\x00\x00\x00\x00\x00"
+    assert fmt.pack_header() == fmt.MAGIC + b"\x01\x00\x01\x00\x00\x00\x00\x00"
     assert fmt.index_dtype_for(65536) == np.uint16 and fmt.index_dtype_for(65537) == np.uint32
     assert fmt.crc32(b"") == 0 and fmt.crc32(b"123456789") == 0xCBF43926
 
@@ -56,16 +58,14 @@ def test_known_file_layout():
         with rm.Writer(p, num_classes=10, k=2, encoding="f32", level=1) as w:
             w.add("é", np.array([[[3]], [[7]]]), np.array([[[2.5]], [[-1.0]]], np.float32))
         data = p.read_bytes()
-    assert data[:16] == fmt.MAGIC + bytes([1, 0, 0, 0, 0, 0, 0, 0])
+    assert data[:16] == fmt.MAGIC + bytes([1, 0, 1, 0, 0, 0, 0, 0])
     h, w_, k, flags, reserved = struct.unpack_from("<HHBBH", data, 16)
     assert (h, w_, k, flags, reserved) == (1, 1, 2, 0, 0)
     footer, count, ml, dl, il = struct.unpack_from("<QQIIQ", data, len(data) - 64)
     assert count == 1 and dl == 0 and footer + ml + il + 64 == len(data)
-    import json
-    import zstandard
-
     meta = json.loads(data[footer : footer + ml])
-    assert data[footer : footer + ml] == json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    canonical = json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    assert data[footer : footer + ml] == canonical
     off, n, crc, koff, klen = struct.unpack_from("<QIIII", data, footer + ml)
     assert (off, koff, klen) == (16, 0, 2) and data[footer + ml + 24 :][:2] == "é".encode()
     assert off + n == footer and crc == fmt.crc32(data[off : off + n])
@@ -169,7 +169,7 @@ def test_f16_roundtrip_rounds_scores_only(ds):
             for key, idx, sc, counts, lse in records:
                 w.add(key, idx, sc, counts=counts, lse=lse)
         with rm.open(p) as maps:
-            for key, idx, sc, counts, lse in records:
+            for key, idx, sc, counts, _ in records:
                 expected = canonical(idx, sc, num_classes=num_classes, counts=counts)
                 got = maps[key]
                 np.testing.assert_array_equal(got.scores, expected.scores.astype(np.float16).astype(np.float32))

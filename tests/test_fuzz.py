@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
+import io
 import signal
-from pathlib import Path
+from collections.abc import Iterator
+from types import ModuleType
 
 import pytest
 
-_SPEC = importlib.util.spec_from_file_location(
-    "fuzz_reader", Path(__file__).resolve().parents[1] / "benchmarks" / "fuzz_reader.py"
-)
-fuzz = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(fuzz)  # type: ignore[union-attr]
+import relabel_maps as rm
 
 
 @pytest.fixture()
-def hang_guard():
+def hang_guard() -> Iterator[None]:
     """Fail (instead of hanging the suite) if the fuzz loop stalls for minutes."""
 
-    def stalled(*_):
+    def stalled(*_: object) -> None:
         raise TimeoutError("fuzz loop stalled")
 
     old = signal.signal(signal.SIGALRM, stalled)
@@ -29,18 +26,15 @@ def hang_guard():
     signal.signal(signal.SIGALRM, old)
 
 
-def test_base_files_are_valid():
-    import io
-
-    import relabel_maps as rm
-
+def test_base_files_are_valid(fuzz: ModuleType) -> None:
     for data in fuzz.base_files():
         with rm.open(io.BytesIO(data)) as maps:
             assert maps.verify() == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [20261125, 7])
-def test_fuzz_reader(seed, hang_guard):
+def test_fuzz_reader(seed: int, hang_guard: None, fuzz: ModuleType) -> None:
     outcomes, _ = fuzz.run(1500, seed)
     assert sum(outcomes.values()) == 1500
     # the mutations reach every layer: open-time rejections, record rejections and clean reads

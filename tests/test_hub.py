@@ -24,6 +24,7 @@ yaml = pytest.importorskip("yaml")
 import relabel_maps  # noqa: E402
 from relabel_maps import hub  # noqa: E402
 from relabel_maps.errors import InvalidArgumentError  # noqa: E402
+from relabel_maps.hub.card import size_category  # noqa: E402
 
 NUM_CLASSES = 30
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -166,9 +167,10 @@ def test_push_uploads_exact_files_card_and_preview(tmp_path):
     assert meta["size_categories"] == ["n<1K"]
     assert meta["tags"][:4] == ["relabel-maps", "label-maps", "soft-labels", "knowledge-distillation"]
     assert "toy" in meta["tags"]
-    assert meta["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "preview.parquet"}]}]
+    preview_files = [{"split": "train", "path": "preview.parquet"}]
+    assert meta["configs"] == [{"config_name": "default", "data_files": preview_files}]
     assert 'relabel_maps.open("hf://me/toy-maps")' in card
-    assert "toy-teacher" in card and "| format version | 1.0 |" in card and "| records (images) | 7 |" in card
+    assert "toy-teacher" in card and "| format version | 1.1 |" in card and "| records (images) | 7 |" in card
     assert "example.note" in card  # namespaced provenance keys are shown
 
     import io
@@ -244,8 +246,8 @@ def test_card_is_deterministic(tmp_path):
 
 
 def test_size_categories():
-    assert hub._size_category(999) == "n<1K"
-    assert hub._size_category(1_281_167) == "1M<n<10M"
+    assert size_category(999) == "n<1K"
+    assert size_category(1_281_167) == "1M<n<10M"
 
 
 # ----------------------------------------------------------------------------- HF cache (offline)

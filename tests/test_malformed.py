@@ -6,6 +6,7 @@ import io
 import json
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import relabel_maps as rm
 from relabel_maps import format as fmt
 from relabel_maps.codecs import FLAG_COUNTS, FLAG_LSE, RecordArrays, get_codec
 from relabel_maps.errors import CorruptRecordError, FormatError, UnsupportedVersionError
+from relabel_maps.shards import read_index_json
 
 C, K, H, W = 50, 3, 4, 5
 KEYS = ["a", "b", "c"]
@@ -53,9 +55,10 @@ def record(a: RecordArrays | None = None, *, body: bytes | None = None, header=N
     if body is None:
         body = get_codec("f32").encode(a)
     if frame is None:
-        params = {"dict_data": zstandard.ZstdCompressionDict(dictionary)} if dictionary else {}
+        params: dict[str, Any] = {"dict_data": zstandard.ZstdCompressionDict(dictionary)} if dictionary else {}
         frame = zstandard.ZstdCompressor(level=3, **params).compress(body)
-    h, w, k, flags = header if header is not None else (a.indices.shape[1], a.indices.shape[2], a.indices.shape[0], a.flags)
+    k_, h_, w_ = a.indices.shape
+    h, w, k, flags = header if header is not None else (h_, w_, k_, a.flags)
     return struct.pack("<HHBBH", h, w, k, flags, 0) + frame
 
 
@@ -86,7 +89,9 @@ def rebuild(data: bytes, *, area=None, meta=None, dictionary=None, rows=None, bl
     )
 
 
-def patch_trailer(data: bytes, fix_crc: bool = True, **fields) -> bytes:
+def patch_trailer(data: bytes, **fields: int) -> bytes:
+    """``data`` with trailer ``fields`` replaced; ``fix_crc=False`` leaves the trailer's own CRC stale."""
+    fix_crc = bool(fields.pop("fix_crc", True))
     t = fmt.parse_trailer(data[-64:], len(data))._replace(**fields)
     trailer = fmt.pack_trailer(t)
     if not fix_crc:
@@ -171,7 +176,7 @@ def test_trailer_crc_mismatch():
 def test_trailer_version_mismatch():
     data = valid_file()
     with pytest.raises(FormatError, match="differs from header"):
-        open_bytes(patch_trailer(data, minor=1))
+        open_bytes(patch_trailer(data, minor=fmt.FORMAT_VERSION[1] + 1))
 
 
 def test_footer_offset_in_header():
@@ -388,10 +393,10 @@ def test_invalid_utf8_key():
 
 # ------------------------------------------------------------------------------- records
 def test_crc_mismatch():
-    data = bytearray(valid_file())
-    _, _, _, _, rows, _ = parts(bytes(data))
-    data[int(rows["offset"][1]) + 20] ^= 0x01  # inside the frame of "b"
-    data = bytes(data)
+    corrupted = bytearray(valid_file())
+    _, _, _, _, rows, _ = parts(bytes(corrupted))
+    corrupted[int(rows["offset"][1]) + 20] ^= 0x01  # inside the frame of "b"
+    data = bytes(corrupted)
     with open_bytes(data) as maps:  # opening does not read records
         problems = maps.verify()
         assert len(problems) == 1 and "'b'" in problems[0]
@@ -523,8 +528,6 @@ def _tmp_path(name: str) -> str:
 
 
 def test_malformed_shard_index(tmp_path):
-    from relabel_maps.shards import read_index_json
-
     good = {"format_version": "1.0", "shards": [{"file": "a-00001-of-00001.rlm", "records": 1}], "metadata": metadata()}
     read_index_json(json.dumps(good))
     for bad in (

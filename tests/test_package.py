@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
-
 
 import relabel_maps
 
@@ -34,12 +36,35 @@ print(",".join(m for m in {HEAVY!r} if m in sys.modules))
 
 
 def test_versions_agree() -> None:
+    """One package version (relabel_maps/_version.py, read by packaging); the format version in the spec."""
     pyproject = (ROOT / "pyproject.toml").read_text()
-    version = re.search(r'^version = "([^"]+)"', pyproject, re.M).group(1)
-    assert relabel_maps.__version__ == version
-    assert f"## [{version}]" in (ROOT / "CHANGELOG.md").read_text()
-    assert relabel_maps.FORMAT_VERSION == (1, 0)
-    assert "**Version 1.0**" in (ROOT / "spec" / "FORMAT.md").read_text()
+    assert re.search(r'^dynamic = \["version"\]', pyproject, re.M)
+    assert 'version = { attr = "relabel_maps._version.__version__" }' in pyproject
+    assert not re.search(r'^version = "', pyproject, re.M)
+    version = relabel_maps.__version__
+    assert importlib.metadata.version("relabel-maps") == version
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    assert f"## [{version}]" in changelog or "## [Unreleased]" in changelog
+    major, minor = relabel_maps.FORMAT_VERSION
+    assert f"**Version {major}.{minor}**" in (ROOT / "spec" / "FORMAT.md").read_text()
+
+
+def test_every_subpackage_is_in_the_wheel(tmp_path: Path) -> None:
+    """Packages are discovered, so a new subpackage cannot silently miss the wheel."""
+    src = tmp_path / "src"
+    for name in ("relabel_maps", "cli"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.py", "pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist"), str(src)], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("relabel_maps-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        packaged = {n.rpartition("/")[0] for n in zf.namelist() if n.endswith("/__init__.py")}
+    on_disk = {p.parent.relative_to(ROOT).as_posix() for p in (ROOT / "relabel_maps").rglob("__init__.py")}
+    assert on_disk | {"relabel_maps_cli"} == packaged
+    with zipfile.ZipFile(wheel) as zf:
+        assert "relabel_maps/py.typed" in zf.namelist() and "relabel_maps/data/chelsea.jpg" in zf.namelist()
 
 
 def test_public_api_is_exported() -> None:

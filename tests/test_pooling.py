@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
 from relabel_maps import InvalidArgumentError, InvalidBoxError, LabelMap
-from relabel_maps.pooling import box_weights, pool, pool_dense, roi_align
+from relabel_maps.pooling import (
+    FILL_MODES,
+    box_weights,
+    check_box,
+    check_boxes,
+    check_pool_options,
+    check_size,
+    check_temperature,
+    default_fill,
+    pool,
+    pool_dense,
+    resolve_fill,
+    roi_align,
+)
 
 C = 50
 
@@ -139,7 +154,7 @@ def reference_pool(lm: LabelMap, box, *, flip=False, size=1, fill=None, temperat
             e = np.where(valid, s ** (1.0 / temperature), 0.0)
         vals = e / e.sum(axis=0)
     else:
-        p = np.exp(s - lm.lse.astype(np.float64)) if lm.score_kind == "logits" else s
+        p = s if lm.lse is None else np.exp(s - lm.lse.astype(np.float64))
         p = np.where(valid, p, 0.0)
         n = valid.sum(axis=0)
         dense[:] = np.where(n < c, np.maximum(1.0 - p.sum(axis=0), 0.0) / np.maximum(c - n, 1), 0.0)
@@ -158,13 +173,13 @@ def reference_pool(lm: LabelMap, box, *, flip=False, size=1, fill=None, temperat
     else:
         tot = pooled.sum(dim=0)
         out = torch.where(tot > 0, pooled / tot, torch.full_like(pooled, 1.0 / c))
-    out = out.reshape(c, size, size).numpy()
+    probs = out.reshape(c, size, size).numpy()
     if flip:
-        out = out[:, :, ::-1]
-    return out[:, 0, 0] if size == 1 else out
+        probs = probs[:, :, ::-1]
+    return probs[:, 0, 0] if size == 1 else probs
 
 
-MAPS = {
+MAPS: dict[str, dict[str, Any]] = {
     "logits+lse": dict(seed=3),
     "logits+lse+counts": dict(seed=4, counts=True),
     "probabilities+counts": dict(seed=5, kind="probabilities", counts=True),
@@ -184,7 +199,7 @@ def test_sparse_matches_dense_and_torchvision(name: str, fill: str) -> None:
         temperature = 1.0 if fill == "uniform" else (1.0, 0.5, 2.0)[i % 3]
         sr = (-1, 2)[i % 2]
         box = random_box(rng)
-        kw = dict(flip=flip, size=size, fill=fill, temperature=temperature, sampling_ratio=sr)
+        kw: dict[str, Any] = dict(flip=flip, size=size, fill=fill, temperature=temperature, sampling_ratio=sr)
         got = pool(lm, box, **kw)
         assert got.dtype == np.float32 and got.shape == ((C,) if size == 1 else (C, size, size))
         worst_dense = max(worst_dense, float(np.abs(got - pool_dense(lm, box, **kw)).max()))
@@ -216,10 +231,14 @@ def test_uniform_with_lse_equals_probability_map() -> None:
 
 
 # ------------------------------------------------------------------------------------------ flips
+def _mirror(a: np.ndarray | None) -> np.ndarray | None:
+    return None if a is None else np.ascontiguousarray(a[..., ::-1])
+
+
 def flipped(lm: LabelMap) -> LabelMap:
-    f = (lambda a: None if a is None else np.ascontiguousarray(a[..., ::-1]))
-    return LabelMap(f(lm.indices), f(lm.scores), num_classes=lm.num_classes, score_kind=lm.score_kind,
-                    lse=f(lm.lse), counts=f(lm.counts))
+    indices, scores = np.ascontiguousarray(lm.indices[..., ::-1]), np.ascontiguousarray(lm.scores[..., ::-1])
+    return LabelMap(indices, scores, num_classes=lm.num_classes, score_kind=lm.score_kind,
+                    lse=_mirror(lm.lse), counts=_mirror(lm.counts))
 
 
 @pytest.mark.parametrize("size", [1, 2, 5])
@@ -292,6 +311,54 @@ def test_uniform_needs_probabilities() -> None:
     assert pool(lm, fill="topk").shape == (C,)
 
 
+def test_check_box_and_check_boxes_agree() -> None:
+    """The batch check (used by the torch pooler) accepts and refuses the same boxes as the single one."""
+    good = [(0.0, 0.0, 1.0, 1.0), (-0.5, 0.2, 0.1, 0.3), (0.1, 0.1, 0.1000001, 5.0)]
+    bad = [(0.5, 0.1, 0.5, 0.9), (0.6, 0.1, 0.5, 0.9), (0.1, 0.9, 0.5, 0.2), (0.0, 0.0, float("nan"), 1.0),
+           (0.0, float("-inf"), 1.0, 1.0)]  # fmt: skip
+    assert [check_box(b) for b in good] == [tuple(map(float, b)) for b in good]
+    out = check_boxes(np.array(good))
+    assert out.dtype == np.float64 and out.tolist() == [list(b) for b in good]
+    assert check_boxes(np.zeros((0, 4))).shape == (0, 4)
+    for b in bad:
+        with pytest.raises(InvalidBoxError):
+            check_box(b)
+        with pytest.raises(InvalidBoxError, match="box 1 "):
+            check_boxes(np.array([good[0], b]))
+    for shape in [(4,), (2, 3), (1, 2, 4)]:
+        with pytest.raises(InvalidBoxError, match="shape"):
+            check_boxes(np.zeros(shape))
+    with pytest.raises(InvalidBoxError):
+        check_boxes(np.array([["a", "b", "c", "d"]]))
+    malformed: list[Any] = [(0.0, 0.0, 1.0), "abcd", None, ("a", 0, 1, 1)]
+    for m in malformed:
+        with pytest.raises(InvalidBoxError):
+            check_box(m)
+
+
+def test_option_checks() -> None:
+    assert resolve_fill(None, "logits") == default_fill("logits") == "zero"
+    assert resolve_fill(None, "probabilities") == default_fill("probabilities") == "uniform"
+    assert [resolve_fill(f, "logits") for f in FILL_MODES] == list(FILL_MODES)
+    assert check_temperature(2) == 2.0 and isinstance(check_temperature(2), float)
+    assert check_size(3) == 3 and check_size(np.int64(2)) == 2
+    assert check_pool_options(None, 0.5, score_kind="logits", has_lse=False) == ("zero", 0.5)
+    assert check_pool_options(None, 1.0, score_kind="probabilities", has_lse=False) == ("uniform", 1.0)
+    assert check_pool_options("uniform", 1.0, score_kind="logits", has_lse=True) == ("uniform", 1.0)
+    with pytest.raises(InvalidArgumentError, match="fill"):
+        resolve_fill("softmax", "logits")
+    for t in (0.0, -1.0, float("nan"), float("inf"), "hot", None):
+        with pytest.raises(InvalidArgumentError, match="temperature"):
+            check_temperature(t)  # type: ignore[arg-type]
+    for size in (0, -1, 2.0, True, "2"):
+        with pytest.raises(InvalidArgumentError, match="size"):
+            check_size(size)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="temperature must be 1.0"):
+        check_pool_options("uniform", 2.0, score_kind="probabilities", has_lse=False)
+    with pytest.raises(InvalidArgumentError, match="lse"):
+        check_pool_options("uniform", 1.0, score_kind="logits", has_lse=False)
+
+
 def test_roi_align_rejects_bad_input() -> None:
     with pytest.raises(InvalidArgumentError):
         roi_align(np.zeros((4, 4), np.float32), (0, 0, 1, 1), 1)
@@ -310,7 +377,8 @@ def test_sparse_path_never_builds_the_dense_map() -> None:
     idx = np.stack([rng.choice(c, size=k, replace=False) for _ in range(h * w)], axis=1).reshape(k, h, w)
     lm = LabelMap.from_arrays(idx, rng.normal(size=(k, h, w)).astype(np.float32), num_classes=c,
                               lse=np.full((h, w), 12.0, np.float32))
-    for kwargs in (dict(), dict(size=4, fill="topk"), dict(size=2, fill="uniform")):
+    cases: list[dict[str, Any]] = [{}, {"size": 4, "fill": "topk"}, {"size": 2, "fill": "uniform"}]
+    for kwargs in cases:
         tracemalloc.start()
         out = pool(lm, (0.1, 0.1, 0.8, 0.9), **kwargs)
         peak = tracemalloc.get_traced_memory()[1]

@@ -7,26 +7,31 @@ The reference below is written from the released naver-ai/relabel_imagenet code 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pytest
 
 from relabel_maps import InvalidBoxError, LabelMap
 from relabel_maps.pooling import from_official_coords, pool, relabel_compat, to_official_coords
 
+if TYPE_CHECKING:
+    from torch import Tensor
+
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
 
-def official_label_maps(label_maps_topk: "torch.Tensor", num_batches: int) -> "torch.Tensor":
+def official_label_maps(label_maps_topk: Tensor, num_batches: int) -> Tensor:
     """get_labelmaps: scatter the [B, 2, 5, H, W] top-k tensors into dense zeros [B, 1000, H, W]."""
     size = label_maps_topk[0].size()
     label_maps = torch.zeros([num_batches, 1000, size[2], size[3]])
-    for label_map, topk in zip(label_maps, label_maps_topk):
+    for label_map, topk in zip(label_maps, label_maps_topk, strict=True):
         label_map.scatter_(0, topk[1][:, :, :].long(), topk[0][:, :, :])
     return label_maps
 
 
-def official_relabel(label_maps: "torch.Tensor", batch_coords: "torch.Tensor", num_batches: int) -> "torch.Tensor":
+def official_relabel(label_maps: Tensor, batch_coords: Tensor, num_batches: int) -> Tensor:
     """get_relabel: RoIAlign (torchvision defaults: aligned=False) of coords * W - 0.5, softmax."""
     boxes = torch.cat([torch.arange(num_batches).view(num_batches, 1).float(),
                        batch_coords.float() * label_maps.size(3) - 0.5], 1)
@@ -109,3 +114,26 @@ def test_official_coords_round_trip() -> None:
     with pytest.raises(InvalidBoxError):
         relabel_compat(LabelMap.from_arrays(np.zeros((1, 2, 2), int), np.zeros((1, 2, 2)), num_classes=1000),
                        (0.0, float("nan"), 1.0, 1.0))
+
+
+def test_compat_ignores_padding_entries() -> None:
+    """A variable-k map's padding entries carry nothing: the same label as the map without counts
+    whose padding scores are 0."""
+    rng = np.random.default_rng(3)
+    k, h, w, c = 4, 6, 6, 1000
+    counts = rng.integers(1, k + 1, size=(h, w)).astype(np.uint8)
+    pad = np.arange(k)[:, None, None] >= counts[None]
+    idx = np.where(pad, 0, np.stack([rng.permutation(c)[:k] for _ in range(h * w)], axis=1).reshape(k, h, w))
+    sc = np.where(pad, 0.0, -np.sort(-rng.normal(0, 3, (k, h, w)), axis=0)).astype(np.float32)
+    variable = LabelMap.from_arrays(idx, sc, num_classes=c, counts=counts, sort=False)
+    fixed = LabelMap.from_arrays(idx, np.where(pad, np.float32(0.0), variable.scores), num_classes=c, sort=False)
+    coords = (0.1, 0.2, 0.8, 0.7)
+    np.testing.assert_array_equal(relabel_compat(variable, coords), relabel_compat(fixed, coords))
+
+
+def test_pooling_re_exports_the_compat_module() -> None:
+    from relabel_maps import compat, pooling
+
+    assert pooling.relabel_compat is compat.relabel_compat
+    assert pooling.to_official_coords is compat.to_official_coords
+    assert pooling.from_official_coords is compat.from_official_coords

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing as mp
 import os
 import pickle
 import shutil
+import sys
 import threading
+import types
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 import pytest
 
 import relabel_maps as rm
-from relabel_maps.errors import FormatError, InvalidArgumentError, MissingKeyError
+from relabel_maps.errors import CorruptRecordError, FormatError, InvalidArgumentError, MissingKeyError
 from relabel_maps.reader import Reader
-from relabel_maps.shards import ShardedReader
+from relabel_maps.shards import ShardedReader, from_index, read_index_json
 
 C, K, N = 40, 3, 12
 
@@ -28,6 +32,18 @@ def sample(i: int, h: int = 3, w: int = 4):
 
 
 KEYS = [f"n{i:02d}" for i in range(N)]
+
+
+def open_reader(source: Any) -> Reader:
+    maps = rm.open(source)
+    assert isinstance(maps, Reader)
+    return maps
+
+
+def open_dataset(path: Any) -> ShardedReader:
+    maps = rm.open(path)
+    assert isinstance(maps, ShardedReader)
+    return maps
 
 
 @pytest.fixture()
@@ -88,6 +104,7 @@ def test_closed_reader(rlm):
 @pytest.mark.parametrize("kind", ["bytesio", "file", "factory", "unbuffered"])
 def test_file_object_sources(rlm, kind):
     data = rlm.read_bytes()
+    src: Any
     if kind == "bytesio":
         src = io.BytesIO(data)
     elif kind == "file":
@@ -125,14 +142,14 @@ class _ShortReads(io.RawIOBase):
 
 
 def test_short_reads(rlm):
-    with rm.open(_ShortReads(rlm.read_bytes())) as maps, rm.open(rlm) as ref:
+    with rm.open(cast(BinaryIO, _ShortReads(rlm.read_bytes()))) as maps, rm.open(rlm) as ref:
         assert all(maps[k] == ref[k] for k in KEYS)
 
 
 def test_text_mode_file_is_refused(rlm):
     with open(rlm, encoding="latin-1") as f:
         with pytest.raises(InvalidArgumentError, match="binary"):
-            rm.open(io.StringIO(f.read()))
+            rm.open(io.StringIO(f.read()))  # type: ignore[arg-type]
 
 
 def test_non_seekable_or_wrong_source(tmp_path):
@@ -151,7 +168,7 @@ def test_threads_share_a_reader(rlm, tmp_path, dictionary):
         with rm.Writer(rlm, num_classes=C, k=K, encoding="f32", level=1, dictionary=True) as w:
             for i in range(N):
                 w.add(KEYS[i], *sample(i, h=2 + i % 3))
-        assert rm.open(rlm).dictionary
+        assert open_reader(rlm).dictionary
     maps = rm.open(io.BytesIO(rlm.read_bytes()))
     ref = {k: rm.open(rlm)[k] for k in KEYS}
     errors = []
@@ -184,7 +201,7 @@ def test_fork_safety(rlm, tmp_path, source):
     else:
         maps = rm.open(rlm)
     expected = {k: maps[k].scores.sum() for k in KEYS}  # parent used the handles before forking
-    r, w = os.pipe()
+    r, write_end = os.pipe()
     pids = []
     for child in range(2):
         pid = os.fork()
@@ -192,13 +209,13 @@ def test_fork_safety(rlm, tmp_path, source):
             try:
                 ok = all(maps[k].scores.sum() == expected[k] for k in (KEYS * 3)[child::2])
                 ok = ok and maps.verify() == []
-                os.write(w, b"1" if ok else b"0")
+                os.write(write_end, b"1" if ok else b"0")
             finally:
                 os._exit(0)
         pids.append(pid)
     for pid in pids:
         os.waitpid(pid, 0)
-    os.close(w)
+    os.close(write_end)
     assert os.read(r, 10) == b"11"
     os.close(r)
     assert all(maps[k].scores.sum() == expected[k] for k in KEYS)
@@ -208,8 +225,6 @@ def test_fork_safety(rlm, tmp_path, source):
 
 
 def test_fork_through_multiprocessing(rlm):
-    import multiprocessing as mp
-
     maps = rm.open(rlm)
     maps["n00"]
     ctx = mp.get_context("fork")
@@ -266,15 +281,13 @@ def test_dataset_mapping(dataset):
 
 
 def test_dataset_len_and_at_need_no_shard_reads(dataset):
-    with rm.open(dataset) as maps:
+    with open_dataset(dataset) as maps:
         assert len(maps) == N and maps._open == {}
         maps.at(7)
         assert list(maps._open) == [1]
 
 
 def test_dataset_lru_bounds_open_files(dataset):
-    from relabel_maps.shards import from_index, read_index_json
-
     index = read_index_json((dataset / "ds.index.json").read_bytes())
     maps = from_index(index, lambda f: str(dataset / f), max_open=1)
     for k in KEYS:
@@ -338,12 +351,13 @@ def test_dataset_pickles(dataset):
 
 
 def test_hf_urls_go_to_the_hub_module(monkeypatch):
-    import sys
-    import types
-
-    calls = []
+    calls: list[tuple[str, dict[str, Any]]] = []
     fake = types.ModuleType("relabel_maps.hub")
-    fake.open_hub = lambda url, **kw: calls.append((url, kw)) or "opened"  # type: ignore[attr-defined]
+    def open_hub(url: str, **kw: Any) -> str:
+        calls.append((url, kw))
+        return "opened"
+
+    fake.open_hub = open_hub  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "relabel_maps.hub", fake)
     assert rm.open("hf://owner/repo@main/sub", verify=True, revision="x") == "opened"
     assert calls == [("hf://owner/repo@main/sub", {"verify": True, "revision": "x"})]
@@ -351,12 +365,14 @@ def test_hf_urls_go_to_the_hub_module(monkeypatch):
 
 # ------------------------------------------------------------------------------- key ranges
 def _counting_open(folder, index=None):
-    from relabel_maps.shards import from_index, read_index_json
-
     index = index or read_index_json((folder / f"{folder.name}.index.json").read_bytes())
     resolved: list[str] = []
-    maps = from_index(index, lambda f: resolved.append(f) or str(folder / f))
-    return maps, resolved
+
+    def resolve(f: str) -> str:
+        resolved.append(f)
+        return str(folder / f)
+
+    return from_index(index, resolve), resolved
 
 
 @pytest.fixture()
@@ -370,9 +386,11 @@ def sorted_dataset(tmp_path):
 
 def test_index_lists_shard_key_ranges(dataset, sorted_dataset):
     index = json.loads((sorted_dataset / "sd.index.json").read_text())
-    assert [(e["first_key"], e["last_key"]) for e in index["shards"]] == [("n00", "n03"), ("n04", "n07"), ("n08", "n11")]
+    ranges = [(e["first_key"], e["last_key"]) for e in index["shards"]]
+    assert ranges == [("n00", "n03"), ("n04", "n07"), ("n08", "n11")]
     index = json.loads((dataset / "ds.index.json").read_text())  # keys 0,5,10,3,8 | 1,6,11,4,9 | 2,7
-    assert [(e["first_key"], e["last_key"]) for e in index["shards"]] == [("n00", "n10"), ("n01", "n11"), ("n02", "n07")]
+    ranges = [(e["first_key"], e["last_key"]) for e in index["shards"]]
+    assert ranges == [("n00", "n10"), ("n01", "n11"), ("n02", "n07")]
 
 
 def test_key_lookup_opens_only_the_shard_holding_the_key(sorted_dataset):
@@ -407,7 +425,7 @@ def test_index_without_ranges_falls_back_to_opening_every_shard(sorted_dataset):
     for e in index["shards"]:
         del e["first_key"], e["last_key"]
     (sorted_dataset / "sd.index.json").write_text(json.dumps(index))
-    with rm.open(sorted_dataset) as maps:
+    with open_dataset(sorted_dataset) as maps:
         assert maps._ranges is None and maps["n05"].key == "n05" and "zz" not in maps
         assert len(maps._open) == 3 and maps.verify() == []
     maps, resolved = _counting_open(sorted_dataset)
@@ -427,7 +445,7 @@ def test_index_range_disagreeing_with_the_shard_is_rejected(sorted_dataset):
 
 def test_folder_without_index_uses_ranges(sorted_dataset):
     (sorted_dataset / "sd.index.json").unlink()
-    with rm.open(sorted_dataset) as maps:
+    with open_dataset(sorted_dataset) as maps:
         assert maps._disjoint and maps["n09"].key == "n09" and list(maps._open) == [2]
 
 
@@ -437,8 +455,6 @@ def test_verify_reports_a_missing_shard(sorted_dataset):
         problems = maps.verify()
         assert len(problems) == 1 and problems[0].startswith("sd-00002-of-00003.rlm: cannot read the shard file")
         assert maps["n01"].key == "n01"  # the other shards stay readable
-        from relabel_maps.errors import CorruptRecordError
-
         with pytest.raises(CorruptRecordError, match="cannot read"):
             maps.verify(strict=True)
     index = json.loads((sorted_dataset / "sd.index.json").read_text())
@@ -452,13 +468,56 @@ def test_verify_reports_a_missing_shard(sorted_dataset):
 
 
 def test_read_record_by_key_and_position(rlm, dataset):
-    with rm.open(rlm) as maps:
+    with open_reader(rlm) as maps:
         rec = maps.read_record("n03")
         assert rec == maps.read_record(3) and len(rec) == maps.record_nbytes("n03")
         with pytest.raises(MissingKeyError):
             maps.read_record("zz")
         with pytest.raises(InvalidArgumentError):
             maps.read_record(N)
+    with open_dataset(dataset) as ds:
+        s = ds.shard_of("n03")
+        assert ds.read_record("n03") == ds.shard(s).read_record("n03")
+
+
+# ------------------------------------------------------------------------------- accessors, check
+def test_reader_accessors(rlm, tmp_path):
+    with Reader(rlm) as r:
+        assert r.key_range == ("n00", "n11") and not r.closed and r.path == str(rlm)
+        assert r.position_of("n03") == 3 and r.position_of("zz") is None and r.position_of(3) is None
+        assert r.record_nbytes(3) == r.record_nbytes("n03") and r.key_at(-1) == "n11"
+    assert r.closed and r.path is None
+    with rm.Writer(tmp_path / "empty.rlm", num_classes=C, k=K):
+        pass
+    with Reader(tmp_path / "empty.rlm") as r:
+        assert r.key_range is None
+
+
+def test_check_names_the_shard_of_each_problem(sorted_dataset):
+    last = sorted_dataset / "sd-00003-of-00003.rlm"
+    with Reader(last) as r:
+        offset = r._offsets[0] + r._nbytes[0] - 3  # inside the frame of the shard's first record
+    data = bytearray(last.read_bytes())
+    data[offset] ^= 0xFF
+    last.write_bytes(bytes(data))
+    index = json.loads((sorted_dataset / "sd.index.json").read_text())
+    for e in index["shards"]:
+        del e["sha256"]
+    (sorted_dataset / "sd.index.json").write_text(json.dumps(index))
+    calls: list[int] = []
+    with rm.open(sorted_dataset) as maps:
+        problems = maps.check(progress=calls.append)
+        assert calls == [1, 1, 1] and [p.where for p in problems] == ["sd-00003-of-00003.rlm"]
+        assert "CRC32" in problems[0].message and maps.verify() == [str(problems[0])]
+        assert str(problems[0]) == f"sd-00003-of-00003.rlm: {problems[0].message}"
+    with Reader(last) as r:
+        assert [p.where for p in r.check()] == [""] and r.verify()[0].startswith("CRC32")
+
+
+def test_check_keeps_checking_a_replaced_shard(dataset):
+    shutil.copyfile(dataset / "ds-00001-of-00003.rlm", dataset / "ds-00002-of-00003.rlm")
     with rm.open(dataset) as maps:
-        s = maps.shard_of("n03")
-        assert maps.read_record("n03") == maps.shard(s).read_record("n03")
+        problems = maps.check()
+    assert [p.where for p in problems] == ["ds-00002-of-00003.rlm"] * 2  # no duplicate keys reported
+    assert problems[0].message == "SHA-256 differs from the one in the index"
+    assert "the index says" in problems[1].message

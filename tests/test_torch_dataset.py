@@ -31,20 +31,24 @@ C, K, GRID = 10, 3, 5
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """Six 40x30 images in two class folders and a label-map file keyed by relative path."""
-    return image_folder_with_maps(tmp_path_factory.mktemp("data"), ("cat", "dog"), 3, (30, 40), "png", num_classes=C, k=K,
-                                  grid=GRID, with_lse=True, teacher={"resize": "squash", "input_size": [40, 40]},
-                                  encoding="f32")
+    return image_folder_with_maps(
+        tmp_path_factory.mktemp("data"), ("cat", "dog"), 3, (30, 40), "png", num_classes=C, k=K, grid=GRID,
+        with_lse=True, teacher={"crop_mode": "squash", "input_size": [40, 40]}, encoding="f32",
+    )
 
 
-DETERMINISTIC = v2.Compose([v2.Resize((24, 32)), v2.CenterCrop((24, 16)), RandomHorizontalFlipWithBox(p=1.0), v2.ToImage(),
-                            v2.ToDtype(torch.float32, scale=True)])
+DETERMINISTIC = v2.Compose([v2.Resize((24, 32)), v2.CenterCrop((24, 16)), RandomHorizontalFlipWithBox(p=1.0),
+                            v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+RANDOM_CROP = [RandomResizedCropWithBox(16), RandomHorizontalFlipWithBox(), v2.ToImage(),
+               v2.ToDtype(torch.float32, scale=True)]
 BOX = (0.25, 0.0, 0.75, 1.0)  # the centre half of the width, mirrored
 
 
 def test_keys_of_image_folder(folder):
     images, _ = folder
     base = ImageFolder(images)
-    assert [image_folder_key(base, i) for i in range(len(base))] == [f"{c}/{i}.png" for c in ("cat", "dog") for i in range(3)]
+    keys = [image_folder_key(base, i) for i in range(len(base))]
+    assert keys == [f"{c}/{i}.png" for c in ("cat", "dog") for i in range(3)]
 
 
 def test_three_modes_agree_with_the_reference(folder):
@@ -65,10 +69,12 @@ def test_three_modes_agree_with_the_reference(folder):
     batch = boxed.gather([index], box[None], flip[None])
     np.testing.assert_allclose(batch.pool()[0].numpy(), ref, atol=1e-5)
     images_, labels, targets = collate_label_maps([mapped[i] for i in range(6)])
-    assert isinstance(labels, LabelMapBatch) and images_.shape == (6, 3, 24, 16) and targets.tolist() == [0, 0, 0, 1, 1, 1]
+    assert isinstance(labels, LabelMapBatch) and images_.shape == (6, 3, 24, 16)
+    assert targets.tolist() == [0, 0, 0, 1, 1, 1]
     assert labels.keys[4] == "dog/1.png" and bool(labels.flips.all())
     np.testing.assert_allclose(labels.pool()[4].numpy(), ref, atol=1e-5)
-    np.testing.assert_allclose(labels.pool(size=2)[4].numpy(), pool_dense(maps["dog/1.png"], BOX, flip=True, size=2), atol=1e-5)
+    ref2 = pool_dense(maps["dog/1.png"], BOX, flip=True, size=2)
+    np.testing.assert_allclose(labels.pool(size=2)[4].numpy(), ref2, atol=1e-5)
 
 
 def test_whole_image_without_transform_and_errors(folder):
@@ -112,12 +118,12 @@ def test_dataloader_workers(folder, method, mode):
 def test_random_crops_pool_over_their_own_boxes(folder):
     images, path = folder
     torch.manual_seed(0)
-    t = v2.Compose([RandomResizedCropWithBox(16), RandomHorizontalFlipWithBox(), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
-    ds = LabelMapDataset(ImageFolder(images), path, transform=t, mode="map")
+    ds = LabelMapDataset(ImageFolder(images), path, transform=v2.Compose(RANDOM_CROP), mode="map")
     _, labels = collate_label_maps([ds[i % 6] for i in range(12)])
     assert len({tuple(b) for b in labels.boxes.tolist()}) > 1
     maps = relabel_maps.open(path)
-    ref = np.stack([pool_dense(maps[k], tuple(b), flip=bool(f)) for k, b, f in zip(labels.keys, labels.boxes.tolist(), labels.flips)])
+    crops = zip(labels.keys, labels.boxes.tolist(), labels.flips, strict=True)
+    ref = np.stack([pool_dense(maps[k], tuple(b), flip=bool(f)) for k, b, f in crops])
     np.testing.assert_allclose(labels.pool().numpy(), ref, atol=1e-5)
 
 
@@ -126,15 +132,14 @@ def test_batched_fetch_matches_single_samples(folder, mode):
     """DataLoader's batched fetch (__getitems__: images first, then the labels) yields exactly the
     samples, crops and random draws of __getitem__."""
     images, path = folder
-    t = v2.Compose([RandomResizedCropWithBox(16), RandomHorizontalFlipWithBox(), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
-    ds = LabelMapDataset(ImageFolder(images), path, transform=t, mode=mode, return_target=True)
+    ds = LabelMapDataset(ImageFolder(images), path, transform=v2.Compose(RANDOM_CROP), mode=mode, return_target=True)
     order = [4, 0, 5, 2]
     torch.manual_seed(3)
     one = [ds[i] for i in order]
     torch.manual_seed(3)
     many = ds.__getitems__(order)
     assert len(many) == len(order)
-    for a, b in zip(one, many):
+    for a, b in zip(one, many, strict=True):
         assert torch.equal(a[0], b[0]) and a[-1] == b[-1]
         if mode == "pool":
             assert torch.equal(a[1], b[1])

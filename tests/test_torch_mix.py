@@ -78,7 +78,8 @@ def test_mixup_and_edge_cases():
     batch = stack_label_maps(maps, [(0.1, 0.1, 0.9, 0.9)] * 3, [False, True, False])
     soft = batch.pool()
     perm = torch.tensor([2, 0, 1])
-    np.testing.assert_allclose(mix_soft_targets(batch, perm, 0.3).numpy(), (0.3 * soft + 0.7 * soft[perm]).numpy(), atol=1e-6)
+    mixed = (0.3 * soft + 0.7 * soft[perm]).numpy()
+    np.testing.assert_allclose(mix_soft_targets(batch, perm, 0.3).numpy(), mixed, atol=1e-6)
     np.testing.assert_allclose(mix_soft_targets(batch, perm, 1.0, (0, 0, 0, 0)).numpy(), soft.numpy(), atol=1e-6)
     np.testing.assert_allclose(mix_soft_targets(batch, perm, 0.0, (0, 0, 1, 1)).numpy(), soft[perm].numpy(), atol=1e-6)
 
@@ -104,7 +105,8 @@ def test_mixer_mixes_images_and_targets_consistently():
                              [False, True, False, True])
     images = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 3, 16, 16).clone()
     mixer = LabelMapMixup(mixup_alpha=0.0, cutmix_alpha=1.0, generator=torch.Generator().manual_seed(1))
-    lam, cut = LabelMapMixup(mixup_alpha=0.0, cutmix_alpha=1.0, generator=torch.Generator().manual_seed(1)).sample(16, 16)
+    twin = LabelMapMixup(mixup_alpha=0.0, cutmix_alpha=1.0, generator=torch.Generator().manual_seed(1))
+    lam, cut = twin.sample(16, 16)
     mixed, target = mixer(images, batch)
     x0, y0, x1, y1 = cut
     assert (x1 - x0) * (y1 - y0) > 0
@@ -115,7 +117,8 @@ def test_mixer_mixes_images_and_targets_consistently():
     images = torch.arange(4, dtype=torch.float32).view(4, 1, 1, 1).expand(4, 3, 16, 16).clone()
     mixed, target = mixup(images, batch)
     lam = 1 - float(mixed[0, 0, 0, 0]) / 3
-    np.testing.assert_allclose(target.numpy(), mix_soft_targets(batch, torch.tensor([3, 2, 1, 0]), lam).numpy(), atol=1e-5)
+    expect = mix_soft_targets(batch, torch.tensor([3, 2, 1, 0]), lam).numpy()
+    np.testing.assert_allclose(target.numpy(), expect, atol=1e-5)
     off = LabelMapMixup(prob=0.0)
     images2 = images.clone()
     _, target = off(images2, batch)
@@ -131,10 +134,12 @@ def test_soft_target_cross_entropy():
     ref = torch.nn.functional.cross_entropy(logits, soft)
     assert torch.allclose(soft_target_cross_entropy(logits, soft), ref, atol=1e-6)
     mixed = 0.7 * soft + 0.3 * torch.nn.functional.one_hot(target, 7)
-    assert torch.allclose(soft_target_cross_entropy(logits, soft, target, alpha=0.3), torch.nn.functional.cross_entropy(logits, mixed), atol=1e-6)
+    reference = torch.nn.functional.cross_entropy(logits, mixed)
+    assert torch.allclose(soft_target_cross_entropy(logits, soft, target, alpha=0.3), reference, atol=1e-6)
     hard = soft_target_cross_entropy(logits, soft, target, alpha=1.0, reduction="none")
     assert torch.allclose(hard, torch.nn.functional.cross_entropy(logits, target, reduction="none"), atol=1e-6)
-    assert torch.allclose(SoftTargetCrossEntropy(alpha=0.3)(logits, soft, target), soft_target_cross_entropy(logits, soft, target, 0.3))
+    module = SoftTargetCrossEntropy(alpha=0.3)
+    assert torch.allclose(module(logits, soft, target), soft_target_cross_entropy(logits, soft, target, 0.3))
     # dense (B, C, S, S) targets with dense predictions
     dense_logits, dense_soft = torch.randn(2, 7, 3, 3), torch.softmax(torch.randn(2, 7, 3, 3), 1)
     assert torch.allclose(soft_target_cross_entropy(dense_logits, dense_soft, reduction="sum"),

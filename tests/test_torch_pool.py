@@ -22,8 +22,10 @@ def make_map(rng, kind="logits", counts=False, lse=True, k=5, h=7, w=9, num_clas
     else:
         sc = rng.normal(0, 3, (k, h, w))
     cnt = rng.integers(1, k + 1, (h, w)) if counts else None
-    l = np.log(np.exp(sc).sum(0) + (num_classes - k) * 0.05) if (lse and kind == "logits") else None
-    return LabelMap.from_arrays(idx, sc.astype(np.float32), num_classes=num_classes, score_kind=kind, lse=l, counts=cnt)
+    log_z = np.log(np.exp(sc).sum(0) + (num_classes - k) * 0.05) if (lse and kind == "logits") else None
+    return LabelMap.from_arrays(
+        idx, sc.astype(np.float32), num_classes=num_classes, score_kind=kind, lse=log_z, counts=cnt
+    )
 
 
 def random_boxes(rng, n):
@@ -54,7 +56,8 @@ def check_against_reference(device, kind, counts, fill, size, temperature, seed)
     batch = stack_label_maps(maps, boxes, flips, device=device)
     got = batch.pool(size=size, fill=fill, temperature=temperature).cpu().numpy()
     ref = np.stack([
-        pool_dense(m, b, flip=f, size=size, fill=fill, temperature=temperature) for m, b, f in zip(maps, boxes, flips)
+        pool_dense(m, b, flip=f, size=size, fill=fill, temperature=temperature)
+        for m, b, f in zip(maps, boxes, flips, strict=True)
     ])
     assert got.shape == ((len(maps), C) if size == 1 else (len(maps), C, size, size))
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
@@ -85,7 +88,10 @@ def test_many_random_boxes_and_sampling_ratios():
     for sampling_ratio in (-1, 1, 2):
         for size in (1, 4):
             got = batch.pool(size=size, sampling_ratio=sampling_ratio).numpy()
-            ref = np.stack([pool_dense(lm, b, flip=bool(f), size=size, sampling_ratio=sampling_ratio) for b, f in zip(boxes, flips)])
+            ref = np.stack([
+                pool_dense(lm, b, flip=bool(f), size=size, sampling_ratio=sampling_ratio)
+                for b, f in zip(boxes, flips, strict=True)
+            ])
             np.testing.assert_allclose(got, ref, atol=1e-5)
 
 
@@ -164,15 +170,16 @@ def test_peaked_logit_maps_stay_within_1e5():
     for _ in range(16):
         idx = np.stack([np.r_[7, rng.choice(np.arange(8, 1000), 4, replace=False)] for _ in range(225)], 1)
         sc = rng.normal(15, 2, (5, 225)) + np.r_[10, 0, 0, 0, 0][:, None]  # class 7 on top everywhere
-        maps.append(LabelMap.from_arrays(idx.reshape(5, 15, 15), sc.reshape(5, 15, 15).astype(np.float32), num_classes=1000))
+        scores = sc.reshape(5, 15, 15).astype(np.float32)
+        maps.append(LabelMap.from_arrays(idx.reshape(5, 15, 15), scores, num_classes=1000))
     boxes = random_boxes(rng, len(maps))
     got = stack_label_maps(maps, boxes).pool().numpy()
-    ref = np.stack([pool_dense(m, b) for m, b in zip(maps, boxes)])
+    ref = np.stack([pool_dense(m, b) for m, b in zip(maps, boxes, strict=True)])
     assert ref.max() > 0.9
     np.testing.assert_allclose(got, ref, atol=1e-5)
     # float32 accumulation (the default of the probability fills) also holds here: the softmax runs
     # over the contiguous class dimension, where torch's CPU float32 softmax is accurate
     fast = stack_label_maps(maps, boxes).pool(dtype=torch.float32).numpy()
     np.testing.assert_allclose(fast, ref, atol=1e-5)
-    ref = np.stack([pool_dense(m, b, fill="topk") for m, b in zip(maps, boxes)])  # float32 by default
+    ref = np.stack([pool_dense(m, b, fill="topk") for m, b in zip(maps, boxes, strict=True)])  # float32 by default
     np.testing.assert_allclose(stack_label_maps(maps, boxes).pool(fill="topk").numpy(), ref, atol=1e-5)

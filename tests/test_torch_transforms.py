@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -11,14 +14,18 @@ pytest.importorskip("torchvision")
 from PIL import Image  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 
+import relabel_maps.frame  # noqa: E402
+import relabel_maps.torch  # noqa: E402
 from relabel_maps import LabelMap  # noqa: E402
 from relabel_maps.errors import InvalidArgumentError  # noqa: E402
 from relabel_maps.torch import (  # noqa: E402
+    BoxState,
     CropBox,
     RandomHorizontalFlipWithBox,
     RandomResizedCropWithBox,
     TeacherFrame,
     stack_label_maps,
+    transform_with_box,
 )
 
 
@@ -26,44 +33,12 @@ def test_identity_box_and_frames():
     box = CropBox.from_size(80, 60)
     assert box.pixels() == (0.0, 0.0, 80.0, 60.0) and not box.flip and box.image_size == (80, 60)
     assert box.to_frame() == ((0.0, 0.0, 1.0, 1.0), False)
-    # shorter-side resize + centre crop to 8x8 on an 80x60 image: the teacher saw columns 10..70
-    frame = TeacherFrame("center_crop", (8, 8))
-    assert frame.window((80, 60)) == (10.0, 0.0, 70.0, 60.0)
-    assert frame.normalize((10, 0, 40, 30), (80, 60)) == (0.0, 0.0, 0.5, 0.5)
-    # outside the teacher's window: clipped; wholly outside: a sliver at the nearest edge
-    assert frame.normalize((0, 0, 40, 60), (80, 60)) == (0.0, 0.0, 0.5, 1.0)
-    x0, _, x1, _ = frame.normalize((0, 0, 5, 60), (80, 60))
-    assert x0 == 0.0 and 0 < x1 <= 1e-3
-
-
-def test_frame_from_metadata():
-    assert TeacherFrame.from_metadata({}) == TeacherFrame()
-    assert TeacherFrame.from_metadata({"teacher": {"resize": "squash", "input_size": [475, 475]}}).resize == "squash"
-    f = TeacherFrame.from_metadata({"teacher": {"resize": "center-crop", "input_size": [3, 224, 256]}})
-    assert f == TeacherFrame("center_crop", (224, 256))
-    with pytest.raises(InvalidArgumentError):
-        TeacherFrame.from_metadata({"teacher": {"resize": "letterbox"}})
-    with pytest.raises(InvalidArgumentError):
-        TeacherFrame("center_crop")
-
-
-def test_center_crop_window_matches_the_annotator():
-    from relabel_maps.annotate.decode import resize_pil
-
-    # the window TeacherFrame reports is exactly the part of the image the annotator's resize keeps:
-    # squashing that window gives the same pixels as the annotator's centre-crop resize
-    rng = np.random.default_rng(0)
-    frame = TeacherFrame("center_crop", (64, 64))
-    for w, h in ((100, 75), (75, 100), (128, 85), (101, 99), (64, 64)):
-        x0, y0, x1, y1 = (int(v) for v in frame.window((w, h)))
-        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        np.testing.assert_array_equal(
-            resize_pil(img, (64, 64), "center-crop"), resize_pil(img[y0:y1, x0:x1], (64, 64), "squash")
-        )
-        assert (x1 - x0) == w or (y1 - y0) == h  # it covers the shorter side
-    assert frame.window((100, 75)) == (12.0, 0.0, 87.0, 75.0)
-    assert TeacherFrame("squash").window((100, 75)) == (0.0, 0.0, 100.0, 75.0)
-    assert TeacherFrame("center_crop", (64, 64), crop_pct=0.5).window((128, 128)) == (32.0, 32.0, 96.0, 96.0)
+    assert box.state() == BoxState(0.0, 0.0, 80.0, 60.0, 80.0, 60.0, False, 80.0, 60.0)
+    # columns 10..40, mirrored; a teacher that centre-cropped the 80x60 image to 8x8 saw columns 10..70
+    box = CropBox.from_state(BoxState.identity(80, 60).crop(0, 10, 60, 30).mirror())
+    assert box.state().region == (10.0, 0.0, 40.0, 60.0) and box.flip
+    assert box.to_frame(TeacherFrame("center", (8, 8))) == ((0.0, 0.0, 0.5, 1.0), True)
+    assert relabel_maps.torch.TeacherFrame is relabel_maps.frame.TeacherFrame  # re-exported
 
 
 def test_geometric_v2_transforms_update_the_box():
@@ -124,7 +99,7 @@ def _smooth_map(rng, c=4, h=8, w=12) -> LabelMap:
 
 
 @pytest.mark.parametrize("size", [1, 2])
-@pytest.mark.parametrize("frame_kind", ["squash", "center_crop"])
+@pytest.mark.parametrize("frame_kind", ["squash", "center"])
 def test_pooled_box_equals_brute_force_crop_average(size, frame_kind):
     """Run the same random crop + flip over a high-resolution copy of the map (one value per image
     pixel) and average what the network sees; pooling the low-resolution map over the transform's
@@ -138,7 +113,7 @@ def test_pooled_box_equals_brute_force_crop_average(size, frame_kind):
         hires = _hires(lm, image_hw)
         transform = v2.Compose(crop)
     else:  # a wide image; the teacher saw its central 64x64 square squeezed into the map's grid
-        frame, image_hw = TeacherFrame("center_crop", (64, 64)), (64, 160)
+        frame, image_hw = TeacherFrame("center", (64, 64)), (64, 160)
         hires = torch.full((lm.num_classes,) + image_hw, 50.0)  # junk outside the teacher's window
         hires[:, :, 48:112] = _hires(lm, (64, 64))
         transform = v2.Compose([v2.CenterCrop(64)] + crop)
@@ -189,8 +164,6 @@ def test_box_transforms_match_the_stock_v2_transforms(as_tensor):
 def test_fast_lane_matches_the_v2_dispatch(as_tensor):
     """transform_with_box (the dataset's path) gives the pixels, box and random draws of the same
     pipeline run with a CropBox through the v2 dispatch, also with steps it must hand to v2."""
-    from relabel_maps.torch import transform_with_box
-
     img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (60, 80, 3), dtype=np.uint8))
     if as_tensor:
         img = v2.functional.pil_to_tensor(img)
@@ -215,3 +188,13 @@ def test_fast_lane_matches_the_v2_dispatch(as_tensor):
         transform_with_box(v2.Compose([v2.RandomVerticalFlip(1.0)]), img)
     with pytest.raises(InvalidArgumentError):
         transform_with_box(lambda image, box: image, img)
+
+
+def test_missing_torchvision_names_the_extra():
+    script = (
+        "import sys; sys.modules['torchvision'] = None\n"
+        "from relabel_maps.errors import DependencyError\n"
+        "try:\n    import relabel_maps.torch\nexcept DependencyError as exc:\n    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert 'pip install "relabel-maps[torch]"' in out

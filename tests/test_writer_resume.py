@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,7 +24,7 @@ def sample(i: int):
     return idx, rng.normal(size=(K, 4, 5)).astype(np.float32)
 
 
-KW = dict(num_classes=C, k=K, encoding="f16", level=3)
+KW: dict[str, Any] = dict(num_classes=C, k=K, encoding="f16", level=3)
 
 
 def annotate(path, keys=range(N), *, stop_after=None, **kw):
@@ -55,7 +57,9 @@ def reference(tmp_path: Path, name: str, **kw) -> dict[str, str]:
     return digest(ref)
 
 
-@pytest.mark.parametrize("kw", [{}, {"dictionary": True}, {"max_records": 12}, {"max_records": 12, "dictionary": "auto"}])
+@pytest.mark.parametrize(
+    "kw", [{}, {"dictionary": True}, {"max_records": 12}, {"max_records": 12, "dictionary": "auto"}]
+)
 def test_resume_after_kill(tmp_path, kw):
     out = tmp_path / "run"
     name = "maps" if "max_records" in kw else "maps.rlm"
@@ -171,7 +175,8 @@ def test_resume_false_starts_over(tmp_path):
 
 
 def test_resume_of_a_finished_run_is_a_no_op(tmp_path):
-    for name, kw in (("m.rlm", {}), ("ds", {"max_records": 20})):
+    runs: tuple[tuple[str, dict[str, Any]], ...] = (("m.rlm", {}), ("ds", {"max_records": 20}))
+    for name, kw in runs:
         out = tmp_path / name
         annotate(out / name, **kw)
         before = digest(out)
@@ -189,7 +194,5 @@ def test_resume_without_previous_state_is_a_fresh_run(tmp_path):
 
 
 def _record_ends(journal: Path) -> list[int]:
-    import json
-
     lines = journal.read_bytes().split(b"\n")[1:]
     return [json.loads(line)[1] + json.loads(line)[2] for line in lines if line]

@@ -16,10 +16,17 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from ..frame import source_window
 
 __all__ = [
     "DecodedItem",
@@ -97,9 +104,7 @@ def _to_rgb_array(img: Any) -> np.ndarray:
     return np.array(img, dtype=np.uint8)
 
 
-def _open_checked(data: bytes, max_pixels: int) -> Any:
-    from PIL import Image, UnidentifiedImageError
-
+def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():  # the size limit below replaces PIL's warning
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -129,8 +134,6 @@ def load_rgb(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray
         ImageDecodeError: not an image, truncated/corrupt, or more than ``max_pixels`` pixels
             (checked from the header, before any pixel is decoded).
     """
-    from PIL import Image
-
     img = _open_checked(data, max_pixels)
     try:
         with warnings.catch_warnings():
@@ -145,47 +148,33 @@ def load_rgb(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray
         raise ImageDecodeError("unsupported-mode", f"mode {img.mode}: {type(exc).__name__}: {exc}") from None
 
 
-def source_window(h: int, w: int, size: Sequence[int], resize: str, crop_pct: float = 1.0) -> tuple[int, int, int, int]:
-    """``(top, left, height, width)`` of the region of an ``h x w`` image that is resized to ``size``:
-    the whole image for ``"squash"``; for ``"center-crop"`` the centred window, in whole pixels, that
-    covers ``size`` after a resize to ``size / crop_pct``. Shared with the training-side
-    :class:`relabel_maps.torch.TeacherFrame`, so both agree on what the teacher saw."""
-    if resize == "squash":
-        return 0, 0, h, w
-    th, tw = int(size[0]), int(size[1])
-    scale = max(th / h, tw / w) / crop_pct  # cover the target, then centre-crop its aspect ratio
-    ch, cw = min(h, max(1, round(th / scale))), min(w, max(1, round(tw / scale)))
-    return (h - ch) // 2, (w - cw) // 2, ch, cw
-
-
-def resize_image(img: Any, size: Sequence[int], resize: str = "squash", *, finish: bool = True) -> Any:
+def resize_image(
+    img: torch.Tensor, size: Sequence[int], crop_mode: str = "squash", crop_pct: float = 1.0, *, finish: bool = True
+) -> torch.Tensor:
     """Resize a ``(3, h, w)`` uint8 tensor (any device) to ``size`` with antialiased bicubic.
 
-    ``resize="squash"`` maps the whole image onto ``size`` (ReLabel); ``"center-crop"`` scales it
-    to cover ``size`` and crops the centre. Returns integer-valued float32 ``(3, H, W)`` in [0, 255]
-    (``finish=False`` skips the rounding and clamping, for callers that do it once per batch).
+    ``crop_mode="squash"`` maps the whole image onto ``size`` (ReLabel); ``"center"`` keeps the
+    window :func:`relabel_maps.frame.source_window` selects. Returns integer-valued float32
+    ``(3, H, W)`` in [0, 255] (``finish=False`` skips the rounding and clamping, for callers that do
+    it once per batch).
     """
-    import torch.nn.functional as F
-
-    top, left, ch, cw = source_window(int(img.shape[-2]), int(img.shape[-1]), size, resize)
+    top, left, ch, cw = source_window(int(img.shape[-2]), int(img.shape[-1]), size, crop_mode, crop_pct)
     x = img[:, top : top + ch, left : left + cw].float()[None]
     if (ch, cw) != (int(size[0]), int(size[1])):
         x = F.interpolate(x, size=(int(size[0]), int(size[1])), mode="bicubic", antialias=True, align_corners=False)
     return x[0].round_().clamp_(0, 255) if finish else x[0]
 
 
-def resize_pil(arr: np.ndarray, size: Sequence[int], resize: str = "squash") -> np.ndarray:
+def resize_pil(arr: np.ndarray, size: Sequence[int], crop_mode: str = "squash", crop_pct: float = 1.0) -> np.ndarray:
     """CPU twin of :func:`resize_image` for ``(h, w, 3)`` uint8 arrays: PIL's antialiased bicubic
     (about twice as fast as torch's on the CPU; the two agree within one grey level)."""
-    from PIL import Image
-
     h, w = arr.shape[:2]
-    top, left, ch, cw = source_window(h, w, size, resize)
+    top, left, ch, cw = source_window(h, w, size, crop_mode, crop_pct)
     th, tw = int(size[0]), int(size[1])
+    window = np.ascontiguousarray(arr[top : top + ch, left : left + cw])
     if (ch, cw) == (th, tw):
-        return np.ascontiguousarray(arr[top : top + ch, left : left + cw])
-    img = Image.fromarray(np.ascontiguousarray(arr[top : top + ch, left : left + cw]))
-    return np.asarray(img.resize((tw, th), Image.BICUBIC))
+        return window
+    return np.asarray(Image.fromarray(window).resize((tw, th), Image.Resampling.BICUBIC))
 
 
 def load_item(
@@ -194,13 +183,12 @@ def load_item(
     path: str,
     *,
     size: Sequence[int],
-    resize: str,
+    crop_mode: str,
+    crop_pct: float = 1.0,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     jpeg_passthrough: bool = False,
 ) -> DecodedItem:
     """Read one image file for the teacher (runs in DataLoader workers; never raises for bad images)."""
-    import torch
-
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -212,7 +200,7 @@ def load_item(
             if img.format == "JPEG" and img.mode in ("RGB", "L"):
                 return DecodedItem(index, key, path, "jpeg", data=torch.frombuffer(bytearray(data), dtype=torch.uint8))
         arr = load_rgb(data, max_pixels=max_pixels)
-        out = torch.from_numpy(np.array(resize_pil(arr, size, resize))).permute(2, 0, 1)
+        out = torch.from_numpy(np.array(resize_pil(arr, size, crop_mode, crop_pct))).permute(2, 0, 1)
     except ImageDecodeError as exc:
         return DecodedItem(index, key, path, "error", reason=exc.reason, detail=exc.detail)
     except Exception as exc:  # noqa: BLE001 - a bad image must never stop the run
@@ -220,7 +208,7 @@ def load_item(
     return DecodedItem(index, key, path, "tensor", data=out)
 
 
-def decode_jpegs(datas: Sequence[Any], device: Any) -> list[Any]:
+def decode_jpegs(datas: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
     """Decode JPEG byte tensors on ``device`` (nvJPEG on CUDA); ``None`` where an image fails.
 
     Tries one batched call first and falls back to one call per image, so a single odd file does
@@ -228,20 +216,14 @@ def decode_jpegs(datas: Sequence[Any], device: Any) -> list[Any]:
     """
     with warnings.catch_warnings():  # torchvision >= 0.29 flags its decoders as deprecated
         warnings.simplefilter("ignore", DeprecationWarning)
-        from torchvision.io import ImageReadMode, decode_jpeg
-
-        return _decode_jpegs(decode_jpeg, ImageReadMode.RGB, datas, device)
-
-
-def _decode_jpegs(decode_jpeg: Any, mode: Any, datas: Sequence[Any], device: Any) -> list[Any]:
-    try:
-        return list(decode_jpeg(list(datas), mode=mode, device=device))
-    except Exception:  # noqa: BLE001 - nvJPEG rejects some files; retry them one by one
-        pass
-    out: list[Any] = []
-    for d in datas:
         try:
-            out.append(decode_jpeg(d, mode=mode, device=device))
-        except Exception:  # noqa: BLE001
-            out.append(None)
-    return out
+            return list(decode_jpeg(list(datas), mode=ImageReadMode.RGB, device=device))
+        except Exception:  # noqa: BLE001 - nvJPEG rejects some files; retry them one by one
+            pass
+        out: list[torch.Tensor | None] = []
+        for d in datas:
+            try:
+                out.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
+            except Exception:  # noqa: BLE001
+                out.append(None)
+        return out

@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Sequence
 
 from ..errors import InvalidArgumentError
 
-__all__ = ["ImageItem", "IMAGE_EXTENSIONS", "SAMPLES", "list_images", "parse_shard", "resolve_source", "sample_images_dir",
-           "shard_items"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "SAMPLES",
+    "ImageItem",
+    "list_images",
+    "parse_shard",
+    "resolve_source",
+    "sample_images_dir",
+    "shard_items",
+]
 
 #: source name of the sample photos shipped with the package (``relabel_maps/data``)
 SAMPLES = "@samples"

@@ -1,93 +1,94 @@
-"""Record body encodings ("codecs") of spec/ENCODINGS.md.
+"""Record body encodings ("codecs") of spec/ENCODINGS.md and their registry.
 
 A codec turns one label map's arrays into an uncompressed record *body* and back. Compression,
 checksums and the record header are the container's job (:mod:`relabel_maps.format`). Every codec
 declares, before any decoding, the largest body it can produce for a given ``(k, H, W)`` so that a
 reader never allocates more than that bound.
+
+Two ways to name a codec, for two jobs:
+
+- :func:`get_codec` (writers): a name or a mapping; it starts from the codec's ``recommended``
+  parameters and applies any given in the mapping, so ``"compact"`` and ``{"name": "compact"}``
+  are the same codec.
+- :func:`codec_from_metadata` (readers): a file's stored ``"encoding"`` object, where a missing
+  parameter means the format's default (spec/ENCODINGS.md). Files written by :class:`~relabel_maps.Writer`
+  spell out every parameter, so both functions agree on them.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple, Protocol
+from collections.abc import Mapping
+from typing import Any
 
-import numpy as np
+from ..errors import FormatError, InvalidArgumentError
+from .base import FLAG_COUNTS, FLAG_LSE, Codec, CodecFactory, RecordArrays
+from .compact import CompactCodec
+from .raw import F16Codec, F32Codec
 
-from ..errors import InvalidArgumentError
+__all__ = [
+    "RecordArrays",
+    "Codec",
+    "CodecFactory",
+    "CODECS",
+    "get_codec",
+    "codec_from_metadata",
+    "register_codec",
+    "FLAG_COUNTS",
+    "FLAG_LSE",
+]
 
-__all__ = ["RecordArrays", "Codec", "get_codec", "register_codec", "CODECS", "FLAG_COUNTS", "FLAG_LSE"]
-
-#: record-header flag bits (spec/FORMAT.md, "Record header")
-FLAG_COUNTS = 0x01  # a (H, W) uint8 count of valid entries per location follows
-FLAG_LSE = 0x02  # a (H, W) log-sum-exp over all classes follows
-
-
-class RecordArrays(NamedTuple):
-    """The arrays of one record, as a codec sees them."""
-
-    indices: np.ndarray  # (k, H, W) uint16 | uint32, descending score per location
-    scores: np.ndarray  # (k, H, W) float32
-    counts: np.ndarray | None  # (H, W) uint8 or None
-    lse: np.ndarray | None  # (H, W) float32 or None
-
-    @property
-    def flags(self) -> int:
-        return (FLAG_COUNTS if self.counts is not None else 0) | (FLAG_LSE if self.lse is not None else 0)
+#: registered codecs by name: the built-in ones of spec/ENCODINGS.md, plus any :func:`register_codec` adds
+CODECS: dict[str, CodecFactory] = {"f32": F32Codec, "f16": F16Codec, "compact": CompactCodec}
 
 
-class Codec(Protocol):
-    """Interface of a record-body encoding."""
-
-    name: str
-    lossless: bool
-    #: optional (default False): decoded scores and lse are finite by construction, so a reader
-    #: may skip its per-record finiteness scan
-    finite: bool
-
-    @property
-    def spec(self) -> dict[str, Any]:
-        """JSON-able description stored under the file metadata's ``"encoding"`` key."""
-
-    def encode(self, arrays: RecordArrays) -> bytes:
-        """Encode one record's arrays into an uncompressed body."""
-
-    def decode(self, body: bytes | memoryview, k: int, h: int, w: int, flags: int, index_dtype: np.dtype) -> RecordArrays:
-        """Decode a body; raise :class:`~relabel_maps.errors.CorruptRecordError` on any inconsistency."""
-
-    def max_body_size(self, k: int, h: int, w: int, flags: int, index_itemsize: int) -> int:
-        """Upper bound of the body size in bytes for these dimensions."""
-
-
-CODECS: dict[str, Any] = {}
-
-
-def register_codec(name: str, factory: Any) -> None:
-    """Register ``factory(**params) -> Codec`` under ``name``; the factory's optional ``recommended``
-    mapping holds the parameters that the bare name selects (see :func:`get_codec`)."""
+def register_codec(name: str, factory: CodecFactory) -> None:
+    """Register ``factory(**params) -> Codec`` under ``name`` (its ``recommended`` mapping holds the
+    parameters writers start from)."""
     CODECS[name] = factory
 
 
-def get_codec(spec: str | Mapping[str, Any]) -> Codec:
-    """Return the codec named by ``spec``: a bare name gives the codec's recommended settings for
-    writing (its ``recommended`` parameters, e.g. step 1/256 for ``"compact"``); a mapping (the
-    metadata's ``"encoding"``) gives exactly its parameters, the format's defaults for any missing."""
-    if isinstance(spec, str):
-        name, params = spec, None
-    elif isinstance(spec, Mapping) and isinstance(spec.get("name"), str):
-        params = {k: v for k, v in spec.items() if k != "name"}
-        name = spec["name"]
-    else:
-        raise InvalidArgumentError(f"an encoding is a name or a mapping with a 'name'; got {spec!r}")
-    _load_builtin()
-    if name not in CODECS:
-        raise InvalidArgumentError(f"unknown encoding {name!r}; known: {', '.join(sorted(CODECS))}")
-    if params is None:
-        params = dict(getattr(CODECS[name], "recommended", {}))
+def _split(encoding: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``(name, parameters)`` of a name or a mapping with a ``"name"``."""
+    if isinstance(encoding, str):
+        return encoding, {}
+    if isinstance(encoding, Mapping) and isinstance(encoding.get("name"), str):
+        return encoding["name"], {k: v for k, v in encoding.items() if k != "name"}
+    raise InvalidArgumentError(f"an encoding is a name or a mapping with a 'name'; got {encoding!r}")
+
+
+def _factory(name: str) -> CodecFactory:
     try:
-        return CODECS[name](**params)
-    except TypeError as exc:
+        return CODECS[name]
+    except KeyError:
+        raise InvalidArgumentError(f"unknown encoding {name!r}; known: {', '.join(sorted(CODECS))}") from None
+
+
+def _build(name: str, factory: CodecFactory, params: Mapping[str, Any]) -> Codec:
+    try:
+        return factory(**params)
+    except TypeError as exc:  # a parameter the codec does not take
         raise InvalidArgumentError(f"bad parameters for encoding {name!r}: {exc}") from None
 
 
-def _load_builtin() -> None:
-    if "f32" not in CODECS or "compact" not in CODECS:
-        from . import compact, raw  # noqa: F401  (importing registers f32, f16 and compact)
+def get_codec(encoding: str | Mapping[str, Any]) -> Codec:
+    """The codec a writer asks for: ``encoding`` is a name (``"compact"``) or a mapping
+    (``{"name": "compact", "step": 2**-7}``); parameters start from the codec's ``recommended``
+    ones (e.g. step 1/256 for ``compact``), overridden by any the mapping gives.
+    :class:`InvalidArgumentError` for an unknown name or a refused parameter."""
+    name, params = _split(encoding)
+    factory = _factory(name)
+    return _build(name, factory, {**factory.recommended, **params})
+
+
+def codec_from_metadata(encoding: Any) -> Codec:
+    """The codec of a file's stored metadata ``"encoding"`` object (``{"name": ..., params}``); a
+    missing parameter means the format's default (spec/ENCODINGS.md, e.g. step 1/128 for
+    ``compact``). :class:`FormatError` for anything else than such an object, an unknown name or a
+    refused parameter."""
+    try:
+        if not isinstance(encoding, Mapping):
+            raise InvalidArgumentError(f"a stored encoding is an object with a 'name', got {encoding!r}")
+        name, params = _split(encoding)
+        return _build(name, _factory(name), params)
+    except InvalidArgumentError as exc:
+        raise FormatError(str(exc)) from None

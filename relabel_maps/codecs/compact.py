@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from ..errors import CorruptRecordError, InvalidArgumentError, InvalidLabelMapError
-from . import FLAG_COUNTS, FLAG_LSE, RecordArrays, register_codec
-from .raw import shuffle_bytes  # importing raw also registers f32/f16 when this module is imported first
+from .base import FLAG_COUNTS, FLAG_LSE, RecordArrays
+from .raw import shuffle_bytes
 
 __all__ = ["CompactCodec", "DEFAULT_STEP", "DEFAULT_FINE_RANKS", "RECOMMENDED_STEP"]
 
@@ -42,7 +44,7 @@ RECOMMENDED_STEP = 2.0**-8
 DEFAULT_FINE_RANKS = 2
 _MAX_RANKS = 255
 _HEADER = struct.Struct("<IiiBBBB")
-_WIDTHS = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4")}
+_WIDTHS: dict[int, np.dtype] = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4")}
 _QMAX = 2**30  # |round(x / step)| limit: every stream value then fits 32 bits
 
 
@@ -91,8 +93,8 @@ class CompactCodec:
     lossless = False
     #: decoded scores and lse are integers times ``step`` below 2**42 steps: always finite
     finite = True
-    #: parameters of the bare name ``"compact"`` (see :func:`relabel_maps.codecs.get_codec`)
-    recommended = {"step": RECOMMENDED_STEP}
+    #: parameters writers start from (see :func:`relabel_maps.codecs.get_codec`)
+    recommended: ClassVar[Mapping[str, Any]] = {"step": RECOMMENDED_STEP, "fine_ranks": DEFAULT_FINE_RANKS}
 
     def __init__(self, step: float = DEFAULT_STEP, fine_ranks: int = DEFAULT_FINE_RANKS) -> None:
         try:
@@ -102,7 +104,9 @@ class CompactCodec:
         if not (e == e and e == round(e) and -24 <= e <= 0):
             raise InvalidArgumentError(f"compact step must be a power of two in [2**-24, 1], got {step!r}")
         if isinstance(fine_ranks, bool) or not isinstance(fine_ranks, int) or not 1 <= fine_ranks <= _MAX_RANKS:
-            raise InvalidArgumentError(f"compact fine_ranks must be an integer in [1, {_MAX_RANKS}], got {fine_ranks!r}")
+            raise InvalidArgumentError(
+                f"compact fine_ranks must be an integer in [1, {_MAX_RANKS}], got {fine_ranks!r}"
+            )
         self.step = float(step)
         self.fine_ranks = fine_ranks
         self._rank_cache: dict[tuple[int, int], np.ndarray] = {}
@@ -193,7 +197,7 @@ class CompactCodec:
         return mat
 
     def decode(
-        self, body: bytes | memoryview, k: int, h: int, w: int, flags: int, index_dtype: np.dtype
+        self, body: bytes | memoryview, k: int, h: int, w: int, flags: int, index_dtype: DTypeLike
     ) -> RecordArrays:
         index_dtype = np.dtype(index_dtype)
         m = h * w
@@ -261,5 +265,3 @@ class CompactCodec:
             lse = lv.astype(np.float32).reshape(h, w)
         return RecordArrays(indices, scores.reshape(k, h, w), counts, lse)
 
-
-register_codec("compact", CompactCodec)

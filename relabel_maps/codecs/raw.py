@@ -8,14 +8,17 @@ first, then the next byte plane, ..., which lets zstd see the smooth high bytes 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from ..errors import CorruptRecordError
-from . import FLAG_COUNTS, FLAG_LSE, RecordArrays, register_codec
+from .base import FLAG_COUNTS, FLAG_LSE, RecordArrays
 
-__all__ = ["RawCodec", "shuffle_bytes", "unshuffle_bytes"]
+__all__ = ["RawCodec", "F32Codec", "F16Codec", "shuffle_bytes", "unshuffle_bytes"]
+
 
 def shuffle_bytes(a: np.ndarray) -> bytes:
     """Little-endian byte planes of ``a`` (plane 0 = least significant bytes)."""
@@ -23,7 +26,7 @@ def shuffle_bytes(a: np.ndarray) -> bytes:
     return le.view(np.uint8).reshape(-1, le.itemsize).T.tobytes()
 
 
-def unshuffle_bytes(buf: bytes | memoryview | np.ndarray, dtype: np.dtype, count: int) -> np.ndarray:
+def unshuffle_bytes(buf: bytes | memoryview | np.ndarray, dtype: DTypeLike, count: int) -> np.ndarray:
     """Inverse of :func:`shuffle_bytes` for ``count`` values of ``dtype``."""
     dt = np.dtype(dtype)
     size = dt.itemsize
@@ -41,12 +44,15 @@ def unshuffle_bytes(buf: bytes | memoryview | np.ndarray, dtype: np.dtype, count
 
 
 class RawCodec:
-    """Byte-shuffled raw arrays; ``f32`` is lossless, ``f16`` rounds scores to float16."""
+    """Byte-shuffled raw arrays with scores of :attr:`score_dtype` (the base of ``f32`` and ``f16``)."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.score_dtype = np.dtype(np.float32 if name == "f32" else np.float16)
-        self.lossless = name == "f32"
+    name = "raw"
+    score_dtype: np.dtype = np.dtype(np.float32)
+    lossless = False
+    #: stored float bits may be NaN or inf: a reader scans decoded values
+    finite = False
+    #: no parameters
+    recommended: ClassVar[Mapping[str, Any]] = {}
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -69,7 +75,9 @@ class RawCodec:
             parts.append(shuffle_bytes(arrays.lse.astype(np.float32)))
         return b"".join(parts)
 
-    def decode(self, body: bytes | memoryview, k: int, h: int, w: int, flags: int, index_dtype: np.dtype) -> RecordArrays:
+    def decode(
+        self, body: bytes | memoryview, k: int, h: int, w: int, flags: int, index_dtype: DTypeLike
+    ) -> RecordArrays:
         index_dtype = np.dtype(index_dtype)
         isize, ssize = index_dtype.itemsize, self.score_dtype.itemsize
         n, m = k * h * w, h * w
@@ -98,5 +106,16 @@ class RawCodec:
         return RecordArrays(indices, scores, counts, lse)
 
 
-register_codec("f32", lambda: RawCodec("f32"))
-register_codec("f16", lambda: RawCodec("f16"))
+class F32Codec(RawCodec):
+    """``f32``: lossless."""
+
+    name = "f32"
+    score_dtype = np.dtype(np.float32)
+    lossless = True
+
+
+class F16Codec(RawCodec):
+    """``f16``: scores rounded to float16 (indices, counts and lse stay exact)."""
+
+    name = "f16"
+    score_dtype = np.dtype(np.float16)

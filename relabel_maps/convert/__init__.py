@@ -18,12 +18,14 @@ however deep the tree or tar nests it. ``key_depth=0`` keeps the whole path rela
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import os
 import posixpath
 import tarfile
 import zlib
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -79,7 +81,7 @@ def iter_pt_files(source: str | os.PathLike) -> Iterator[tuple[str, int, Callabl
                     full = os.path.join(dirpath, name)
                     rel = os.path.relpath(full, source).replace(os.sep, "/")
                     size = os.path.getsize(full)
-                    yield rel, size, (lambda p=full, r=rel, n=size: _read(p, r, n))
+                    yield rel, size, functools.partial(_read, full, rel, size)
         return
     if not os.path.exists(source):
         raise FileNotFoundError(f"no such file or folder: {source}")
@@ -98,7 +100,7 @@ def iter_pt_files(source: str | os.PathLike) -> Iterator[tuple[str, int, Callabl
                 else:
                     fh = tar.extractfile(member)
                     data = fh.read() if fh is not None else b""
-                yield name, member.size, (lambda d=data, r=name, n=member.size: _check_size(r, n) or d)
+                yield name, member.size, functools.partial(_read_member, data, name, member.size)
     except (tarfile.TarError, EOFError, zlib.error) as exc:
         raise FormatError(f"{source}: damaged tar archive ({exc})") from None
 
@@ -106,6 +108,12 @@ def iter_pt_files(source: str | os.PathLike) -> Iterator[tuple[str, int, Callabl
 def _check_size(rel: str, size: int) -> None:
     if size > MAX_PT_BYTES:
         raise FormatError(f"{rel}: {size} bytes, larger than any label-map tensor ({MAX_PT_BYTES} bytes)")
+
+
+def _read_member(data: bytes | None, rel: str, size: int) -> bytes:
+    _check_size(rel, size)
+    assert data is not None  # only a member over the size limit is left unread
+    return data
 
 
 def _read(path: str, rel: str, size: int) -> bytes:
@@ -131,7 +139,12 @@ def load_tensor(data: bytes, name: str = "<tensor>") -> np.ndarray:
 
 
 def split_tensor(
-    array: np.ndarray, name: str, *, num_classes: int, expect_k: int | None = None, expect_hw: tuple[int, int] | None = None
+    array: np.ndarray,
+    name: str,
+    *,
+    num_classes: int,
+    expect_k: int | None = None,
+    expect_hw: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split a ``[2, k, H, W]`` release tensor into ``(indices uint, scores float32)``, checking it."""
     if array.ndim != 4 or array.shape[0] != 2:

@@ -10,7 +10,8 @@ reproduces the released training code's soft labels exactly.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from . import ConvertResult, convert_release
 
@@ -21,7 +22,8 @@ RELABEL_TEACHER = {
     "name": "EfficientNet-L2 (Noisy Student), ReLabel release",
     "weights": "naver-ai/relabel_imagenet imagenet_efficientnet_l2_sz475_top5",
     "input_size": [475, 475],
-    "resize": "full image resized to 475x475",
+    "crop_mode": "squash",  # the full image resized to 475x475
+    "crop_pct": 1.0,
     "grid": [15, 15],
 }
 

@@ -9,7 +9,8 @@ Whether the scores are logits or probabilities is read off the data unless given
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from . import ConvertResult, convert_release
 

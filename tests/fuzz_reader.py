@@ -4,7 +4,7 @@ Every input must either read cleanly or raise a ``RelabelMapsError`` subclass --
 exception, never a hang. Half of the mutated files get their section and trailer CRCs recomputed so
 that mutations reach the index, metadata and record decoders instead of stopping at a checksum.
 
-    python benchmarks/fuzz_reader.py --iterations 100000 --seed 1
+    python tests/fuzz_reader.py --iterations 100000 --seed 1
 """
 
 from __future__ import annotations

@@ -1,0 +1,100 @@
+"""A run's files on disk: its part's output and failure report, whether that output is finished,
+and the index joining the parts of a multi-part run (names from :mod:`relabel_maps.layout`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import WriterError
+from ..layout import combined_index_path, dataset_location, index_path, is_sharded, part_output_path, shard_files
+from ..opener import open as open_maps
+from ..shards import write_index
+
+__all__ = ["FinishedOutput", "check_finished", "failures_path", "finished_output", "remove_finished",
+           "write_combined_index"]
+
+
+@dataclass(frozen=True)
+class FinishedOutput:
+    """A finished dataset: its ``.rlm`` files, their total size and its record count."""
+
+    files: list[str]
+    nbytes: int
+    records: int
+
+
+def failures_path(target: Path, failures: str | os.PathLike[str] | None, part: int, parts: int) -> Path:
+    """The failure report of the part written at ``target``: ``failures`` (tagged with the part when
+    there are several), else ``TARGET.failures.jsonl``."""
+    if failures is None:
+        return Path(str(target).rstrip("/\\") + ".failures.jsonl")
+    p = Path(failures)
+    # the part's tag goes before the suffix, as for a part's .rlm file: x.failures.part00001of00002.jsonl
+    return part_output_path(p.with_suffix(".rlm"), part, parts).with_suffix(p.suffix) if parts > 1 else p
+
+
+def finished_output(target: Path, max_records: int | None) -> Path | None:
+    """The finished dataset at ``target`` (the file, or the folder holding its index), if there is one."""
+    if not is_sharded(target, max_records=max_records):
+        return target if target.is_file() else None
+    folder, name = dataset_location(target, sharded=True)
+    return folder if index_path(folder, name).is_file() else None
+
+
+def remove_finished(target: Path, max_records: int | None) -> None:
+    """Delete the finished dataset at ``target``, its index first (so it no longer reads as finished)."""
+    finished = finished_output(target, max_records)
+    if finished is None:
+        return
+    if finished.is_file():
+        finished.unlink()
+        return
+    folder, name = dataset_location(target, sharded=True)
+    for p in [index_path(folder, name), *shard_files(folder, name)]:
+        p.unlink()
+
+
+def check_finished(finished: Path, keys: Sequence[str], failed: Collection[str]) -> FinishedOutput:
+    """Check that the finished dataset holds every key of ``keys`` that did not fail before.
+
+    Raises:
+        WriterError: a key is missing (the source gained images since the output was finished).
+    """
+    with open_maps(finished) as maps:
+        stored = set(maps.keys())
+        missing = [key for key in keys if key not in stored and key not in failed]
+        if missing:
+            raise WriterError(
+                f"{finished} is a finished dataset without {len(missing)} of the source's images "
+                f"(e.g. {missing[0]!r}); write to a new output or pass --overwrite"
+            )
+        records = len(maps)
+    files = sorted(str(p) for p in (finished.glob("*.rlm") if finished.is_dir() else [finished]))
+    return FinishedOutput(files, sum(os.path.getsize(p) for p in files), records)
+
+
+def write_combined_index(out: str | os.PathLike[str], parts: int, max_records: int | None = None) -> Path | None:
+    """Once every part of a multi-part run has finished, write one index over all their files.
+
+    Safe to call from every rank: it does nothing until all parts are finished, and the index is
+    written atomically with the same content by whichever part finishes last. Parts hold
+    contiguous ranges of the sorted keys, so the joined dataset keeps the global key order.
+    """
+    if parts <= 1:
+        return None
+    files: list[Path] = []
+    for part in range(parts):
+        target = part_output_path(out, part, parts, max_records)
+        finished = finished_output(target, max_records)
+        if finished is None:
+            return None
+        if finished.is_file():
+            files.append(finished)
+        else:
+            files += shard_files(*dataset_location(target, sharded=True))
+    index = combined_index_path(out)
+    write_index(files, index)
+    return index

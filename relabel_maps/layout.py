@@ -1,0 +1,226 @@
+"""Which files make up a dataset on disk: their names, and the ``NAME.index.json`` that lists them.
+
+A dataset ``NAME`` is one ``.rlm`` file, or shards ``NAME-00001-of-0000N.rlm`` plus
+``NAME.index.json`` in a folder. While a :class:`relabel_maps.Writer` works it keeps hidden files
+beside them (``.NAME-00003.rlm.partial``, ``.NAME-00003.rlm.journal``, ``.NAME-00003.rlm.done``).
+Multi-part runs (one part per rank) write ``x.part00003of00008.rlm`` and join the parts with one
+combined index. Nothing here opens a ``.rlm`` file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from . import format as fmt
+from .errors import FormatError, InvalidArgumentError
+
+__all__ = [
+    "is_sharded",
+    "INDEX_SUFFIX",
+    "MAX_INDEX_JSON_BYTES",
+    "SHARD_ENTRY_RE",
+    "dataset_location",
+    "index_path",
+    "shard_files",
+    "working_file",
+    "working_shard_count",
+    "part_output_path",
+    "combined_index_path",
+    "folder_contents",
+    "read_index_json",
+    "local_dataset_files",
+]
+
+INDEX_SUFFIX = ".index.json"
+MAX_INDEX_JSON_BYTES = 64 << 20
+#: a shard file as listed in an index: a relative ``/``-separated path ending in ``.rlm``, without ``..``
+SHARD_ENTRY_RE = re.compile(r"^(?!/)(?!.*(?:^|/)\.\.(?:/|$))[^\\\x00]+\.rlm$")
+_WORKING_SUFFIXES = (".partial", ".journal", ".done")
+
+
+# ------------------------------------------------------------------------------------ names
+def is_sharded(path: str | os.PathLike[str], *, max_records: int | None = None, max_bytes: int | None = None) -> bool:
+    """Whether a writer at ``path`` writes shards + an index: any rollover limit, a path not ending in
+    ``.rlm``, or an existing folder; otherwise it writes one ``.rlm`` file."""
+    p = Path(path)
+    return max_records is not None or max_bytes is not None or p.suffix != ".rlm" or p.is_dir()
+
+
+def dataset_location(path: str | os.PathLike[str], *, sharded: bool) -> tuple[Path, str]:
+    """``(folder, NAME)`` of the dataset written at ``path``.
+
+    Sharded: a ``.rlm`` path that is not a folder gives ``(its parent, its stem)``, any other path
+    ``(path, its name)``. A single file: ``(its parent, its file name)``.
+    """
+    p = Path(path)
+    if not sharded:
+        folder, name = p.parent, p.name
+    elif p.suffix == ".rlm" and not p.is_dir():
+        folder, name = p.parent, p.stem
+    else:
+        folder, name = p, p.name
+    if not name:
+        raise InvalidArgumentError(f"cannot derive a dataset name from {os.fspath(path)!r}")
+    return folder, name
+
+
+def index_path(folder: Path, name: str) -> Path:
+    """The index of dataset ``name`` in ``folder``: ``folder/NAME.index.json``."""
+    return folder / f"{name}{INDEX_SUFFIX}"
+
+
+def shard_files(folder: Path, name: str) -> list[Path]:
+    """The finished shard files ``NAME-0000i-of-0000n.rlm`` of dataset ``name`` in ``folder``, sorted."""
+    if not folder.is_dir():
+        return []
+    return sorted(f for f in folder.iterdir() if (m := fmt.SHARD_NAME_RE.match(f.name)) and m.group("name") == name)
+
+
+def working_file(folder: Path, name: str, shard: int | None, suffix: str) -> Path:
+    """Hidden working file of shard ``shard`` (1-based) of dataset ``name``, or of the single file
+    ``name`` when ``shard`` is ``None``: ``.NAME-00003.rlm.SUFFIX`` or ``.NAME.SUFFIX``."""
+    base = name if shard is None else f"{name}-{shard:05d}.rlm"
+    return folder / f".{base}.{suffix}"
+
+
+def working_shard_count(folder: Path, name: str) -> int:
+    """The highest shard number among dataset ``name``'s hidden working files in ``folder`` (0: none)."""
+    n = 0
+    prefix = f".{name}-"
+    for p in folder.iterdir() if folder.is_dir() else []:
+        if p.name.startswith(prefix) and p.name.endswith(_WORKING_SUFFIXES):
+            digits = p.name[len(prefix) : len(prefix) + 5]
+            if digits.isdigit():
+                n = max(n, int(digits))
+    return n
+
+
+def part_output_path(out: str | os.PathLike[str], part: int, parts: int, max_records: int | None = None) -> Path:
+    """Output of part ``part`` of ``parts``: ``OUT`` itself for one part, else a per-part name.
+
+    ``x.rlm`` becomes ``x.part00003of00008.rlm``; a folder ``OUT`` gets ``OUT/part00003of00008.rlm``
+    (or the shard folder ``OUT/part00003of00008/`` with ``max_records``). The names avoid the
+    ``NAME-00001-of-00008.rlm`` shard pattern.
+    """
+    p = Path(out)
+    if parts == 1:
+        return p
+    tag = _part_tag(part, parts)
+    if p.suffix == ".rlm":
+        return p.with_name(f"{p.stem}.{tag}.rlm")
+    return p / tag if max_records is not None else p / f"{tag}.rlm"
+
+
+def _part_tag(part: int, parts: int) -> str:
+    return f"part{part:05d}of{parts:05d}"
+
+
+def combined_index_path(out: str | os.PathLike[str]) -> Path:
+    """Where the index joining every part of ``out`` goes: ``x.index.json`` or ``OUT/OUT.index.json``."""
+    p = Path(out)
+    return p.with_name(f"{p.stem}.index.json") if p.suffix == ".rlm" else p / f"{p.name}.index.json"
+
+
+# ------------------------------------------------------------------------------------ index json
+def read_index_json(data: bytes | str) -> dict[str, Any]:
+    """Parse and validate the text of a ``NAME.index.json``."""
+    if len(data) > MAX_INDEX_JSON_BYTES:
+        raise FormatError("shard index JSON is too large")
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise FormatError(f"shard index is not valid JSON: {exc}") from None
+    if not (isinstance(obj, dict) and isinstance(obj.get("shards"), list) and isinstance(obj.get("metadata"), dict)):
+        raise FormatError("shard index must be an object with 'shards' (list) and 'metadata' (object)")
+    fmt.check_version_string(obj.get("format_version"), "shard index")
+    seen = set()
+    for entry in obj["shards"]:
+        if not isinstance(entry, dict):
+            raise FormatError("each shard entry must be an object")
+        f, n = entry.get("file"), entry.get("records")
+        if not isinstance(f, str) or not SHARD_ENTRY_RE.match(f):
+            raise FormatError(f"bad shard file name {f!r}: a relative path ending in .rlm without '..'")
+        if f in seen:
+            raise FormatError(f"shard {f!r} is listed twice")
+        seen.add(f)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise FormatError(f"shard {f!r} has a bad record count {n!r}")
+        sha = entry.get("sha256")
+        if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+            raise FormatError(f"shard {f!r} has a bad sha256 {sha!r}")
+        _check_range(f, n, entry.get("first_key"), entry.get("last_key"))
+    fmt.check_metadata(obj["metadata"])
+    return obj
+
+
+def _check_range(file: str, records: int, first: Any, last: Any) -> None:
+    """``first_key``/``last_key`` of an index entry: both or neither; none for an empty shard."""
+    if first is None and last is None:
+        return
+    if records == 0:
+        raise FormatError(f"shard {file!r} holds no records but lists a key range")
+    for v in (first, last):
+        if not isinstance(v, str):
+            raise FormatError(f"shard {file!r}: first_key and last_key must both be strings, got {v!r}")
+        try:
+            n = len(v.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise FormatError(f"shard {file!r}: key range {v!r} is not valid UTF-8") from None
+        if n > fmt.LIMITS.max_key_bytes:
+            raise FormatError(f"shard {file!r}: a key range bound is longer than {fmt.LIMITS.max_key_bytes} bytes")
+    if first > last or (records == 1 and first != last):
+        raise FormatError(
+            f"shard {file!r}: first_key {first!r} and last_key {last!r} are not a range of {records} keys"
+        )
+
+
+# ------------------------------------------------------------------------------------ local files
+def folder_contents(folder: str | os.PathLike[str]) -> tuple[Path | None, list[Path]]:
+    """The dataset a folder holds: ``(index, [])`` for its single visible ``*.index.json``, else
+    ``(None, files)`` with every visible ``.rlm`` file, sorted by name."""
+    entries = sorted(p for p in Path(folder).iterdir() if not p.name.startswith("."))
+    indices = [p for p in entries if p.name.endswith(INDEX_SUFFIX)]
+    if len(indices) > 1:
+        raise FormatError(f"{folder} holds several datasets ({', '.join(p.name for p in indices)}); open one index")
+    if indices:
+        return indices[0], []
+    files = [p for p in entries if p.suffix == ".rlm" and p.is_file()]
+    if not files:
+        raise FormatError(f"{folder} holds no .rlm files and no {INDEX_SUFFIX}")
+    return None, files
+
+
+def _index_shard_names(index_path: str) -> list[str]:
+    """Shard files listed by a shard index JSON (relative to the index's folder)."""
+    with open(index_path, "rb") as fh:
+        return [e["file"] for e in read_index_json(fh.read())["shards"]]
+
+
+def local_dataset_files(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """The files that make up the dataset at ``path``: ``[(name relative to the dataset, local path)]``.
+
+    ``path`` is one ``.rlm`` file, an index JSON (then the index comes first, followed by its
+    shards in order), or a folder: its single index JSON, else every ``.rlm`` file in it.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        index, files = folder_contents(path)
+        if index is not None:
+            return local_dataset_files(index)
+        return [(f.name, str(f)) for f in files]
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    if path.endswith(".json"):
+        folder = os.path.dirname(path)
+        out = [(os.path.basename(path), path)]
+        for name in _index_shard_names(path):
+            local = os.path.join(folder, *name.split("/"))
+            if not os.path.isfile(local):
+                raise FormatError(f"shard {name} listed in {os.path.basename(path)} is missing")
+            out.append((name, local))
+        return out
+    return [(os.path.basename(path), path)]
