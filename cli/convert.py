@@ -24,19 +24,27 @@ becomes n01440764/n01440764_10026.JPEG."""
 )
 @click.argument("source", type=click.Path(exists=True))
 @click.argument("output", type=click.Path())
-@click.option("--from", "kind", type=click.Choice(["relabel", "tokenlabeling"]), default="relabel", show_default=True, help="Which release SOURCE holds.")
-@click.option("--encoding", default=None, help="Score encoding (default: f32 for relabel (lossless), f16 for tokenlabeling (lossless for its float16 maps)).")
-@click.option("--image-suffix", default=".JPEG", show_default=True, help="Suffix replacing '.pt' in keys ('' keeps the stem).")
-@click.option("--key-depth", default=2, show_default=True, type=click.IntRange(0), help="Path components kept in keys (0: the whole path relative to SOURCE).")
-@click.option("--score-kind", type=click.Choice(["logits", "probabilities", "auto"]), default=None, help="Override the score kind (default: logits for relabel, auto for tokenlabeling).")
+@click.option("--from", "kind", type=click.Choice(["relabel", "tokenlabeling"]), default="relabel",
+              show_default=True, help="Which release SOURCE holds.")
+@click.option("--encoding", default=None,
+              help="Score encoding (default: f32 for relabel (lossless), f16 for tokenlabeling (lossless for its "
+                   "float16 maps)).")
+@click.option("--image-suffix", default=".JPEG", show_default=True,
+              help="Suffix replacing '.pt' in keys ('' keeps the stem).")
+@click.option("--key-depth", default=2, show_default=True, type=click.IntRange(0),
+              help="Path components kept in keys (0: the whole path relative to SOURCE).")
+@click.option("--score-kind", type=click.Choice(["logits", "probabilities", "auto"]), default=None,
+              help="Override the score kind (default: logits for relabel, auto for tokenlabeling).")
 @click.option("--max-records", type=click.IntRange(1), default=None, help="Records per shard.")
 @click.option("--max-bytes", type=click.IntRange(1), default=None, help="Approximate bytes per shard.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Convert only the first N files.")
-@click.option("--skip-invalid", is_flag=True, help="Skip unreadable or malformed tensors (listed at the end) instead of stopping.")
+@click.option("--skip-invalid", is_flag=True,
+              help="Skip unreadable or malformed tensors (listed at the end) instead of stopping.")
 @click.option("--any-shape", is_flag=True, help="relabel: accept tensors other than [2, 5, 15, 15].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted conversion.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
-def convert(source, output, kind, encoding, image_suffix, key_depth, score_kind, max_records, max_bytes, limit, skip_invalid, any_shape, resume, overwrite) -> None:
+def convert(source, output, kind, encoding, image_suffix, key_depth, score_kind, max_records, max_bytes,
+            limit, skip_invalid, any_shape, resume, overwrite) -> None:
     """Convert per-image .pt label maps (folder tree or tar) into a dataset.
 
     Tensors are read with torch.load(weights_only=True): files that need arbitrary

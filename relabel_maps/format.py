@@ -11,7 +11,8 @@ import json
 import re
 import struct
 import zlib
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -319,7 +320,7 @@ def decode_keys(rows: np.ndarray, blob: bytes) -> list[str]:
     """Decode the keys of a parsed index; reject invalid UTF-8 and keys not strictly increasing."""
     keys: list[str] = []
     prev: bytes | None = None
-    for start, length in zip(rows["key_offset"].tolist(), rows["key_length"].tolist()):
+    for start, length in zip(rows["key_offset"].tolist(), rows["key_length"].tolist(), strict=True):
         kb = blob[start : start + length]
         if prev is not None and kb <= prev:
             raise FormatError(

@@ -99,7 +99,7 @@ def write_image_folder_with_maps(
     return root / "images", path
 
 
-@pytest.fixture()
+@pytest.fixture(scope="session")
 def image_folder_with_maps() -> Callable[..., tuple[Path, Path]]:
     """Factory: ``image_folder_with_maps(root, classes, per_class, image_shape, ext, num_classes=, k=,
     grid=, with_lse=False, **writer)`` writes an ImageFolder of random images and their label maps

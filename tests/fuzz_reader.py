@@ -145,7 +145,8 @@ def mutate(data: bytes, rng: np.random.Generator, pool: list[bytes]) -> bytes:
     elif op == 4 and n >= 8:  # write an interesting integer at a random or structural position
         width = int(rng.choice([1, 2, 4, 8]))
         value = int(rng.choice(INTERESTING)) & ((1 << (8 * width)) - 1)
-        pos = int(rng.integers(max(0, n - 64), n - width + 1)) if rng.random() < 0.5 else int(rng.integers(0, n - width + 1))
+        near_end = rng.random() < 0.5
+        pos = int(rng.integers(max(0, n - 64) if near_end else 0, n - width + 1))
         buf[pos : pos + width] = value.to_bytes(width, "little")
     elif op == 5 and n:  # delete a chunk
         a = int(rng.integers(0, n))

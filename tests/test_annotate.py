@@ -300,6 +300,7 @@ def _journal_lines(out: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     src = tmp_path / "src"
     for i in range(60):
@@ -465,7 +466,7 @@ def test_batched_jpeg_decode_path_matches_pil(tmp_path, tiny):
         np.testing.assert_allclose(a[key][1], b[key][1], atol=0.05)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 def test_cuda_pipeline_matches_cpu(tmp_path):
     tiny = load_teacher("resnet18", pretrained=False, num_classes=NC, input_size=SIZE)
     _folder(tmp_path / "src", n=6)

@@ -193,7 +193,8 @@ def test_verify_replaced_shard_sha_and_duplicate_keys(runner, dataset):
     shutil.copyfile(os.path.join(dataset, "maps-00001-of-00003.rlm"), os.path.join(dataset, "maps-00002-of-00003.rlm"))
     data = json.loads(run(runner, "verify", dataset, "--json", ok=False).output)
     assert data["ok"] is False
-    assert {"where": "maps-00002-of-00003.rlm", "problem": "SHA-256 differs from the one in the index"} in data["problems"]
+    problem = {"where": "maps-00002-of-00003.rlm", "problem": "SHA-256 differs from the one in the index"}
+    assert problem in data["problems"]
 
 
 def test_verify_missing_path(runner, tmp_path):
@@ -203,7 +204,8 @@ def test_verify_missing_path(runner, tmp_path):
 
 # ------------------------------------------------------------------------------------------- pool
 def test_pool_json_equals_library(runner, dataset):
-    data = json.loads(run(runner, "pool", dataset, "dir/img03.jpg", "--box", "0.1,0.2,0.7,0.9", "--flip", "--top", "4", "--json").output)
+    args = ("pool", dataset, "dir/img03.jpg", "--box", "0.1,0.2,0.7,0.9", "--flip", "--top", "4", "--json")
+    data = json.loads(run(runner, *args).output)
     with relabel_maps.open(dataset) as maps:
         probs = maps["dir/img03.jpg"].pool((0.1, 0.2, 0.7, 0.9), flip=True)
     order = np.argsort(-probs, kind="stable")[:4]
@@ -213,7 +215,8 @@ def test_pool_json_equals_library(runner, dataset):
 
 
 def test_pool_size_fill_temperature_and_table(runner, dataset):
-    data = json.loads(run(runner, "pool", dataset, "dir/img01.jpg", "--size", "2", "--fill", "topk", "--temperature", "2", "--json").output)
+    args = ("pool", dataset, "dir/img01.jpg", "--size", "2", "--fill", "topk", "--temperature", "2", "--json")
+    data = json.loads(run(runner, *args).output)
     with relabel_maps.open(dataset) as maps:
         probs = maps["dir/img01.jpg"].pool((0, 0, 1, 1), size=2, fill="topk", temperature=2.0)
     assert len(data["cells"]) == 4
@@ -227,7 +230,8 @@ def test_pool_size_fill_temperature_and_table(runner, dataset):
 def test_pool_compat_mode(runner, dataset):
     from relabel_maps.pooling import relabel_compat
 
-    data = json.loads(run(runner, "pool", dataset, "dir/img02.jpg", "--box", "0.1,0.2,0.6,0.8", "--compat", "--json").output)
+    args = ("pool", dataset, "dir/img02.jpg", "--box", "0.1,0.2,0.6,0.8", "--compat", "--json")
+    data = json.loads(run(runner, *args).output)
     with relabel_maps.open(dataset) as maps:
         probs = relabel_compat(maps["dir/img02.jpg"], (0.2, 0.1, 0.8, 0.6))
     assert data["fill"] == "compat"
@@ -388,7 +392,8 @@ def test_unexpected_error_is_one_line_unless_debug(runner, dataset, monkeypatch)
     monkeypatch.setattr(export_mod, "export_parquet", boom)
     result = runner.invoke(main, ["export", dataset, "--parquet", "x.parquet"])
     assert result.exit_code == 1
-    assert result.output.strip() == "Error: unexpected RuntimeError: something broke (run with --debug for the traceback)"
+    expected = "Error: unexpected RuntimeError: something broke (run with --debug for the traceback)"
+    assert result.output.strip() == expected
     result = runner.invoke(main, ["--debug", "export", dataset, "--parquet", "x.parquet"])
     assert isinstance(result.exception, RuntimeError)
 

@@ -13,14 +13,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("timm")
 
-from _fixtures import image_folder_with_maps  # noqa: E402
-
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 C, K, GRID = 10, 3, 4
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, image_folder_with_maps):
     return image_folder_with_maps(tmp_path_factory.mktemp("tiny"), ("a", "b"), 4, (48, 64), "jpg", num_classes=C, k=K,
                                   grid=GRID, teacher={"crop_mode": "squash", "input_size": [64, 64]})
 
@@ -34,6 +32,7 @@ def run(args, tmp_path):
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_minimal_example(tiny, tmp_path):
     images, maps = tiny
     out = run([EXAMPLES / "minimal.py", images, maps, 2], tmp_path)
@@ -42,6 +41,7 @@ def test_minimal_example(tiny, tmp_path):
     assert all(np.isfinite(float(line.split()[3])) for line in lines)
 
 
+@pytest.mark.slow
 def test_train_example_with_cutmix(tiny, tmp_path):
     images, maps = tiny
     out = run([EXAMPLES / "train.py", "--data", images, "--maps", maps, "--model", "resnet10t", "--img-size", 32,

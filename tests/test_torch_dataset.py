@@ -8,7 +8,6 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
-from _fixtures import image_folder_with_maps  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision.datasets import ImageFolder  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
@@ -29,7 +28,7 @@ C, K, GRID = 10, 3, 5
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
+def folder(tmp_path_factory, image_folder_with_maps):
     """Six 40x30 images in two class folders and a label-map file keyed by relative path."""
     return image_folder_with_maps(
         tmp_path_factory.mktemp("data"), ("cat", "dog"), 3, (30, 40), "png", num_classes=C, k=K, grid=GRID,
@@ -96,6 +95,7 @@ def test_whole_image_without_transform_and_errors(folder):
         missing[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 @pytest.mark.parametrize("mode", ["pool", "map"])
 def test_dataloader_workers(folder, method, mode):
