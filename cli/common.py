@@ -10,6 +10,15 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
+from rich.console import Console
+from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
 import relabel_maps
 from relabel_maps.errors import InvalidBoxError
@@ -56,8 +65,6 @@ def console(stderr: bool = False, markup: bool = False) -> Console:
     """A rich console writing to click's current stdout/stderr (so CliRunner captures it).
 
     Markup is off by default: keys and class names may contain ``[brackets]``."""
-    from rich.console import Console
-
     stream = sys.stderr if stderr else sys.stdout
     return Console(file=stream, soft_wrap=True, highlight=False, markup=markup)
 
@@ -86,15 +93,6 @@ def progress_bar(total: int | None | Callable[[], int | None], description: str)
         return
     if callable(total):
         total = total()
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     columns = [
         TextColumn("{task.description}"),

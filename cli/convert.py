@@ -6,6 +6,9 @@ import os
 
 import click
 
+from relabel_maps.convert.relabel import convert_relabel
+from relabel_maps.convert.tokenlabeling import convert_tokenlabeling
+
 from .common import console, progress_bar
 
 __all__ = ["convert"]
@@ -74,12 +77,8 @@ def convert(source, output, kind, encoding, image_suffix, key_depth, score_kind,
 
     with progress_bar(total, "converting") as advance:
         if kind == "relabel":
-            from relabel_maps.convert.relabel import convert_relabel
-
             result = convert_relabel(source, output, strict_shape=not any_shape, progress=advance, **options)
         else:
-            from relabel_maps.convert.tokenlabeling import convert_tokenlabeling
-
             result = convert_tokenlabeling(source, output, progress=advance, **options)
     out = console()
     out.print(

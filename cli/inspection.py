@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 import numpy as np
+from rich.markup import escape
+from rich.table import Table
 
 from relabel_maps.errors import RelabelMapsError
 from relabel_maps.layout import local_dataset_files
@@ -145,8 +147,6 @@ def _fmt_bytes(n: float | None) -> str:
 
 
 def _print_info(meta: dict[str, Any], s: dict[str, Any]) -> None:
-    from rich.table import Table
-
     out = console()
     t = Table(title="metadata", show_header=False, title_justify="left")
     t.add_column("key", style="bold")
@@ -275,8 +275,6 @@ def verify(path: str, as_json: bool) -> None:
     if as_json:
         echo_json({"path": path, "ok": ok, "records": records, "files": nfiles, "problems": problems})
     else:
-        from rich.markup import escape
-
         if ok:
             console(markup=True).print(f"[green]OK[/green]: {records:,} records in {nfiles} file(s), all checks passed")
         else:

@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from relabel_maps.errors import RelabelMapsError
+
 # name -> (module inside relabel_maps_cli, attribute, one-line help shown by ``--help``)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "annotate": ("annotate", "annotate", "Run a teacher over images and write label maps."),
@@ -75,8 +77,6 @@ class RelabelMapsGroup(click.Group):
                 formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
-        from relabel_maps.errors import RelabelMapsError
-
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 import numpy as np
+from rich.table import Table
 
 from relabel_maps.pooling import FILL_MODES, relabel_compat, resolve_fill, to_official_coords
 
@@ -90,8 +91,6 @@ def pool(
     if as_json:
         echo_json(result)
         return
-    from rich.table import Table
-
     out = console()
     title = f"{key}  box={','.join(f'{v:g}' for v in box)}{'  flipped' if flip else ''}  fill={mode}"
     for cell, top in cells:

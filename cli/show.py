@@ -16,6 +16,7 @@ from typing import Any
 import click
 import numpy as np
 
+from relabel_maps.errors import require
 from relabel_maps.labelmap import LabelMap
 
 from .common import class_name, open_maps
@@ -89,8 +90,6 @@ def render(
     title: str | None = None,
 ) -> Any:
     """Draw ``labelmap`` (and ``image``, a PIL image, when given) into a new RGB PIL image."""
-    from relabel_maps.errors import require
-
     require("PIL.Image", "cli")  # a clear message when Pillow is missing
     from PIL import Image, ImageDraw, ImageFont
 
@@ -169,8 +168,6 @@ def show(path: str, key: str, image_path: str | None, out: str, panel: int) -> N
     legend lists the most frequent top-1 classes (names when the dataset has them)
     with their share of the grid.
     """
-    from relabel_maps.errors import require
-
     require("PIL.Image", "cli")
     image = None
     if image_path is not None:

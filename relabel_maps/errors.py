@@ -7,6 +7,9 @@ catch one class. Each subclass also derives from the closest built-in (``ValueEr
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 __all__ = [
     "RelabelMapsError",
     "FormatError",
@@ -64,10 +67,8 @@ class DependencyError(RelabelMapsError, ImportError):
     """An optional dependency is missing; the message names the extra to install."""
 
 
-def require(module: str, extra: str):
+def require(module: str, extra: str) -> ModuleType:
     """Import an optional dependency lazily, or raise :class:`DependencyError` naming the pip extra."""
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as exc:  # pragma: no cover - depends on the environment

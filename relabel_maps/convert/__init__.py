@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError, InvalidArgumentError, require
+from ..writer import Writer
 
 __all__ = ["ConvertResult", "iter_pt_files", "key_for", "load_tensor", "split_tensor", "convert_release"]
 
@@ -193,8 +194,6 @@ def convert_release(
     ``score_kind="auto"`` decides from the data (probabilities when every score lies in [0, 1] and
     each location's scores sum to at most 1, else logits), looking at the first tensor.
     """
-    from .. import Writer
-
     if score_kind not in ("logits", "probabilities", "auto"):
         raise InvalidArgumentError(f"score_kind must be logits, probabilities or auto, got {score_kind!r}")
     provenance = {
