@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import click
 
@@ -67,17 +68,12 @@ def push(
     out = console()
     if repo_id.startswith(hub.HF_SCHEME):
         raise click.BadParameter("give REPO_ID as owner/name (use --path-in-repo / --revision)", param_hint="REPO_ID")
+    dataset_options: dict[str, Any] = {
+        "path_in_repo": path_in_repo, "license": license_, "preview": not no_preview, "tags": tags,
+    }
     if dry_run:
         with progress_bar(None, "preparing") as advance:
-            plan = hub.plan_push(
-                path,
-                repo_id,
-                path_in_repo=path_in_repo,
-                license=license_,
-                preview=not no_preview,
-                tags=tags,
-                progress=advance,
-            )
+            plan = hub.plan_push(path, repo_id, progress=advance, **dataset_options)
         for up in plan:
             out.print(f"would upload {up.path_in_repo} ({up.size:,} bytes, sha256 {up.sha256[:12]})")
         return
@@ -87,13 +83,10 @@ def push(
             repo_id,
             private=private,
             revision=revision,
-            path_in_repo=path_in_repo,
-            license=license_,
-            preview=not no_preview,
-            tags=tags,
             delete_stale=not keep_stale,
             commit_message=message,
             progress=advance,
+            **dataset_options,
         )
     for name in result.uploaded:
         out.print(f"uploaded  {name}")

@@ -54,7 +54,7 @@ class LabelMap:
         self.key = key
         self.metadata = metadata if metadata is not None else {}
         if validate:
-            self._validate()
+            self.validate()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -111,7 +111,9 @@ class LabelMap:
             **kwargs,
         )
 
-    def _validate(self) -> None:
+    def validate(self) -> None:
+        """Check shapes, dtypes and values (class ids in range, finite scores, counts in ``[1, k]``);
+        raise :class:`~relabel_maps.errors.InvalidLabelMapError` on the first problem."""
         idx, sc = self.indices, self.scores
         if self.score_kind not in SCORE_KINDS:
             raise InvalidLabelMapError(f"score_kind must be one of {SCORE_KINDS}, got {self.score_kind!r}")

@@ -50,9 +50,9 @@ class RecordDecoder:
         self._index_itemsize = self._index_dtype.itemsize
         self._check_range = num_classes < (1 << (8 * self._index_itemsize))
         self._bounds: dict[tuple[int, int, int, int], int] = {}  # (k, h, w, flags) -> max body size
-        # a codec whose decoded scores and lse are finite by construction (class attribute
-        # ``finite = True``, e.g. integer-coded values) needs no finiteness scan per record
-        self._check_finite = not getattr(codec, "finite", False)
+        # a codec whose decoded scores and lse are finite by construction (``finite``, e.g.
+        # integer-coded values) needs no finiteness scan per record
+        self._check_finite = not codec.finite
         try:
             self._zdict = zstandard.ZstdCompressionDict(dictionary) if dictionary else None
             self.reset()
@@ -179,7 +179,7 @@ class RecordDecoder:
 def check_decoded(lm: LabelMap) -> None:
     """Full label-map validation of a decoded record plus descending score order (as ``verify()``)."""
     try:
-        lm._validate()
+        lm.validate()
     except InvalidLabelMapError as exc:
         raise CorruptRecordError(f"record {lm.key!r}: {exc}") from None
     valid = lm.valid()
