@@ -54,6 +54,7 @@ __all__ = [
     "TEACHER_KEYS",
     "check_major",
     "check_version_string",
+    "VERSION_STRING_RE",
     "decode_keys",
     "RECORD_HEADER_STRUCT",
     "pack_footer",
@@ -115,7 +116,9 @@ TEACHER_KEYS = ("name", "weights", "input_size", "crop_mode", "crop_pct", "mean"
 SCORE_KINDS = ("logits", "probabilities")
 
 #: ``NAME-00001-of-00012.rlm``: 5+ digit, 1-based shard number and total.
-SHARD_NAME_RE = re.compile(r"^(?P<name>.+)-(?P<index>\d{5,})-of-(?P<total>\d{5,})\.rlm$")
+SHARD_NAME_RE = re.compile(r"^(?P<name>.+)-(?P<index>[0-9]{5,})-of-(?P<total>[0-9]{5,})\.rlm$")
+#: ``"MAJOR.MINOR"``: 1-5 ASCII digits each (the header stores them as u16).
+VERSION_STRING_RE = re.compile(r"([0-9]{1,5})\.([0-9]{1,5})")
 
 
 def shard_name(name: str, index: int, total: int) -> str:
@@ -152,9 +155,9 @@ def check_major(major: int, where: str) -> None:
 
 def check_version_string(value: Any, where: str) -> tuple[int, int]:
     """Parse a ``"MAJOR.MINOR"`` version string and reject an unsupported MAJOR."""
-    m = re.fullmatch(r"(\d+)\.(\d+)", value) if isinstance(value, str) else None
+    m = VERSION_STRING_RE.fullmatch(value) if isinstance(value, str) else None
     if m is None:
-        raise FormatError(f"{where} format_version must be 'MAJOR.MINOR', got {value!r}")
+        raise FormatError(f"{where} format_version must be 'MAJOR.MINOR' (ASCII digits), got {value!r:.40}")
     major, minor = int(m.group(1)), int(m.group(2))
     check_major(major, where)
     return major, minor

@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidLabelMapError
+from .errors import InvalidArgumentError, InvalidLabelMapError
 from .format import SCORE_KINDS, index_dtype_for
+from .pooling import MAX_POOL_OUTPUT
 from .pooling import pool as _pool
 
 __all__ = ["LabelMap", "SCORE_KINDS"]
@@ -174,8 +175,16 @@ class LabelMap:
 
     # ------------------------------------------------------------------ views
     def dense(self, fill_value: float = 0.0) -> np.ndarray:
-        """The ``(C, H, W)`` float32 score map: stored scores, ``fill_value`` for every other class."""
+        """The ``(C, H, W)`` float32 score map: stored scores, ``fill_value`` for every other class.
+
+        Refuses (:class:`InvalidArgumentError`) maps above :data:`~relabel_maps.pooling.MAX_POOL_OUTPUT`
+        values before allocating; the sparse :meth:`pool` never builds this array."""
         k, h, w = self.shape
+        if self.num_classes * h * w > MAX_POOL_OUTPUT:
+            raise InvalidArgumentError(
+                f"a dense {self.num_classes}x{h}x{w} map has more than the {MAX_POOL_OUTPUT} values this "
+                "library allocates; pool() works on the sparse entries instead"
+            )
         out = np.full((self.num_classes, h * w), fill_value, dtype=np.float32)
         valid = self.valid().reshape(k, h * w)
         loc = np.broadcast_to(np.arange(h * w), (k, h * w))

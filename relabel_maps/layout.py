@@ -13,7 +13,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from . import format as fmt
 from .errors import FormatError, InvalidArgumentError
@@ -37,6 +37,8 @@ __all__ = [
 
 INDEX_SUFFIX = ".index.json"
 MAX_INDEX_JSON_BYTES = 64 << 20
+#: the largest shard ``bytes`` an index may list (a file size fits a signed 64-bit offset)
+_MAX_SHARD_BYTES = (1 << 63) - 1
 #: a shard file as listed in an index: a relative ``/``-separated path ending in ``.rlm``, without ``..``
 SHARD_ENTRY_RE = re.compile(r"^(?!/)(?!.*(?:^|/)\.\.(?:/|$))[^\\\x00]+\.rlm$")
 _WORKING_SUFFIXES = (".partial", ".journal", ".done")
@@ -94,7 +96,7 @@ def working_shard_count(folder: Path, name: str) -> int:
     for p in folder.iterdir() if folder.is_dir() else []:
         if p.name.startswith(prefix) and p.name.endswith(_WORKING_SUFFIXES):
             digits = p.name[len(prefix) : len(prefix) + 5]
-            if digits.isdigit():
+            if digits.isascii() and digits.isdigit():
                 n = max(n, int(digits))
     return n
 
@@ -137,6 +139,9 @@ def read_index_json(data: bytes | str) -> dict[str, Any]:
     if not (isinstance(obj, dict) and isinstance(obj.get("shards"), list) and isinstance(obj.get("metadata"), dict)):
         raise FormatError("shard index must be an object with 'shards' (list) and 'metadata' (object)")
     fmt.check_version_string(obj.get("format_version"), "shard index")
+    total = obj.get("records")
+    if total is not None and not _is_count(total, fmt.LIMITS.max_records * len(obj["shards"])):
+        raise FormatError(f"shard index has a bad total record count {total!r:.40}")
     seen = set()
     for entry in obj["shards"]:
         if not isinstance(entry, dict):
@@ -147,14 +152,22 @@ def read_index_json(data: bytes | str) -> dict[str, Any]:
         if f in seen:
             raise FormatError(f"shard {f!r} is listed twice")
         seen.add(f)
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise FormatError(f"shard {f!r} has a bad record count {n!r}")
+        if not _is_count(n, fmt.LIMITS.max_records):
+            raise FormatError(f"shard {f!r} has a bad record count {n!r:.40}, not in [0, {fmt.LIMITS.max_records}]")
+        size = entry.get("bytes")
+        if size is not None and not _is_count(size, _MAX_SHARD_BYTES):
+            raise FormatError(f"shard {f!r} has a bad size {size!r:.40}, not in [0, {_MAX_SHARD_BYTES}]")
         sha = entry.get("sha256")
         if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
             raise FormatError(f"shard {f!r} has a bad sha256 {sha!r}")
         _check_range(f, n, entry.get("first_key"), entry.get("last_key"))
     fmt.check_metadata(obj["metadata"])
     return obj
+
+
+def _is_count(value: Any, bound: int) -> TypeGuard[int]:
+    """Whether ``value`` is an integer (not a bool) in ``[0, bound]``."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= bound
 
 
 def _check_range(file: str, records: int, first: Any, last: Any) -> None:

@@ -7,7 +7,8 @@ weights of :mod:`relabel_maps.roi_align`, so they agree to rounding.
 Every pooler (this one, the torch face, the CLI) checks its options with the functions here:
 :func:`resolve_fill`, :func:`check_temperature`, :func:`check_pool_options`, :func:`check_size`, and
 :func:`check_box` / :func:`check_boxes` (defined with the box geometry in :mod:`relabel_maps.roi_align`,
-where the compatibility mode also uses them).
+where the compatibility mode also uses them). :func:`pool` and :func:`pool_dense` also refuse, before
+allocating, an output above :data:`MAX_POOL_OUTPUT` values (:func:`check_output_size`).
 
 Also importable from here: the RoIAlign reference (:func:`roi_align`, :func:`box_weights`) and the
 official-ReLabel compatibility mode (:func:`relabel_compat`, :func:`to_official_coords`,
@@ -51,6 +52,8 @@ __all__ = [
     "check_box",
     "check_boxes",
     "check_size",
+    "check_output_size",
+    "MAX_POOL_OUTPUT",
     "resolve_fill",
     "check_temperature",
     "check_pool_options",
@@ -61,6 +64,10 @@ __all__ = [
 
 #: fill modes of spec/POOLING.md, "Fill modes"
 FILL_MODES = ("zero", "topk", "uniform")
+#: the most values (``C`` for a ``(C,)`` label, ``C * S * S`` for ``(C, S, S)``) one pooled label may
+#: hold: 2**26 float32 values (256 MiB; the float64 intermediates take about twice that). A file may
+#: declare up to 2**31 classes, so :func:`check_output_size` refuses a larger output before allocating.
+MAX_POOL_OUTPUT = 1 << 26
 
 
 # ---------------------------------------------------------------------------------------------- options
@@ -116,11 +123,22 @@ def check_size(size: int) -> int:
     return int(size)
 
 
+def check_output_size(num_classes: int, size: int) -> None:
+    """Refuse (:class:`InvalidArgumentError`) a pooled label of ``num_classes * size * size`` values
+    above :data:`MAX_POOL_OUTPUT`, before anything is allocated."""
+    if num_classes * size * size > MAX_POOL_OUTPUT:
+        raise InvalidArgumentError(
+            f"a pooled label of {num_classes} classes x {size}x{size} bins has {num_classes * size * size} values, "
+            f"more than the {MAX_POOL_OUTPUT} a pooler allocates"
+        )
+
+
 def _check_pool_args(
     labelmap: LabelMap, box: Sequence[float], size: int, fill: str | None, temperature: float, sampling_ratio: int
 ) -> tuple[Box, int, str, float, int]:
     b = check_box(box)
     s = check_size(size)
+    check_output_size(labelmap.num_classes, s)
     mode, t = check_pool_options(fill, temperature, score_kind=labelmap.score_kind, has_lse=labelmap.lse is not None)
     return b, s, mode, t, check_sampling_ratio(sampling_ratio)
 

@@ -24,6 +24,14 @@ __all__ = ["RecordDecoder", "RecordEncoder", "check_decoded"]
 
 _RECORD_HEADER = fmt.RECORD_HEADER_STRUCT
 _F32 = np.dtype(np.float32)
+#: the magic number of a zstd frame, little-endian (RFC 8878 §3.1.1)
+_ZSTD_MAGIC = (0xFD2FB528).to_bytes(4, "little")
+_SKIPPABLE_MAGICS = range(0x184D2A50, 0x184D2A60)  # RFC 8878 §3.1.2: 0x184D2A5?, little-endian
+
+
+def _is_skippable(magic: bytes) -> bool:
+    """Whether ``magic`` (a frame's first 4 bytes) opens a zstd skippable frame."""
+    return len(magic) == 4 and int.from_bytes(magic, "little") in _SKIPPABLE_MAGICS
 
 
 class RecordDecoder:
@@ -92,9 +100,13 @@ class RecordDecoder:
         return h, w, k, flags, bound
 
     def _frame(self, rec: bytes | memoryview, bound: int, key: str) -> bytes:
-        """The body of a record's zstd frame, its declared sizes checked before decompressing
-        (R22, R22a) and the frame required to be exactly one complete frame (R23)."""
+        """The body of a record's zstd frame, its magic and declared sizes checked before
+        decompressing (R22, R22a, R22b) and the frame required to be exactly one complete frame (R23)."""
         frame = memoryview(rec)[fmt.RECORD_HEADER_SIZE :]
+        magic = bytes(frame[:4])
+        if magic != _ZSTD_MAGIC:  # a skippable frame's size field is not a content size: never decompress one
+            what = "is a zstd skippable frame" if _is_skippable(magic) else "does not start a zstd frame (bad magic)"
+            raise CorruptRecordError(f"record {key!r} {what}; a record holds one zstd frame")
         try:
             declared = zstandard.frame_content_size(frame)
         except zstandard.ZstdError as exc:
@@ -108,8 +120,9 @@ class RecordDecoder:
                 f"(more than {lim.max_expansion}x expansion)"
             )
         dctx = self._decompressor()
-        try:  # one-shot: refuses truncated frames and any bytes after the first frame
-            body = dctx.decompress(frame, max_output_size=declared, allow_extra_data=False)
+        try:  # one-shot: refuses truncated frames and any bytes after the first frame; a max_output_size
+            # of 0 would mean "no limit", so a frame declaring 0 bytes may produce at most 1
+            body = dctx.decompress(frame, max_output_size=max(declared, 1), allow_extra_data=False)
         except zstandard.ZstdError as exc:
             raise CorruptRecordError(f"record {key!r} is not exactly one complete zstd frame: {exc}") from None
         if len(body) != declared:

@@ -81,8 +81,9 @@ class ShardedReader(LabelMaps):
         if resolve is None and any(src is None for src in self._sources):
             raise InvalidArgumentError("a shard without a source needs resolve")
         counts = [s[2] for s in shards]
-        if any(not isinstance(c, int) or isinstance(c, bool) or c < 0 for c in counts):
-            raise FormatError("shard record counts must be non-negative integers")
+        most = fmt.LIMITS.max_records
+        if any(not isinstance(c, int) or isinstance(c, bool) or not 0 <= c <= most for c in counts):
+            raise FormatError(f"shard record counts must be integers in [0, {most}]")
         self._counts = counts
         self._ends = np.cumsum(np.asarray(counts, dtype=np.int64)) if counts else np.zeros(0, np.int64)
         self.metadata = dict(metadata)

@@ -18,20 +18,25 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 import relabel_maps as rm
 from relabel_maps import format as fmt
+from relabel_maps.layout import read_index_json
+from relabel_maps.shards import from_index
 
 _TRAILER = struct.Struct("<QQIIQIIIHHII8s")
 INTERESTING = (0, 1, 0x7F, 0x80, 0xFF, 0xFFFF, 0xFFFFFFFF, 2**63, 2**64 - 1)
+ZSTD_MAGIC = 0xFD2FB528
+SKIPPABLE_MAGICS = (0x184D2A50, 0x184D2A57, 0x184D2A5F)
 
 
 def base_files(seed: int = 0) -> list[bytes]:
     """Small valid files covering the format's variants (dictionary, counts/lse, u32 indices, empty)."""
     rng = np.random.default_rng(seed)
-    variants = [
+    variants: list[dict[str, Any]] = [
         dict(num_classes=20, k=3, encoding="f32", dictionary=False, n=6, extra=False),
         dict(num_classes=20, k=3, encoding="f16", dictionary=True, n=40, extra=True),
         dict(num_classes=70000, k=2, encoding="f32", dictionary=False, n=4, extra=True),
@@ -80,8 +85,10 @@ def refresh_crcs(data: bytes) -> bytes:
     return bytes(buf[:-64]) + head + struct.pack("<I", fmt.crc32(head)) + fmt.END_MAGIC
 
 
-JSON_VALUES = (None, True, 0, -1, 1, 3, 255, 256, 65536, 2**40, 1.5, float("1e308"), "", "x", "f16", "compact",
-               [], [1], {}, {"name": "compact", "step": 0.5}, {"name": "f32"}, {"codec": "zstd"})
+JSON_VALUES: tuple[Any, ...] = (
+    None, True, 0, -1, 1, 3, 255, 256, 65536, 2**40, 1.5, float("1e308"), "", "x", "f16", "compact",
+    [], [1], {}, {"name": "compact", "step": 0.5}, {"name": "f32"}, {"codec": "zstd"},
+)
 
 
 def mutate_metadata(data: bytes, rng: np.random.Generator) -> bytes:
@@ -107,14 +114,45 @@ def mutate_metadata(data: bytes, rng: np.random.Generator) -> bytes:
     return fmt.assemble(rest, json.dumps(meta).encode(), dic, index, t.record_count, (t.major, t.minor))
 
 
+def mutate_frame_header(data: bytes, rng: np.random.Generator) -> bytes:
+    """Rewrite the zstd frame header of one record in place (same length): a skippable frame declaring
+    up to 4 GiB, or a frame declaring a huge or absent content size."""
+    n = len(data)
+    if n < 80:
+        return data
+    footer, count, ml, dl = struct.unpack_from("<QQII", data, n - 64)
+    index_at = footer + ml + dl
+    if not count or index_at + 24 * count > n - 64:
+        return data
+    off, nbytes = struct.unpack_from("<QI", data, index_at + 24 * int(rng.integers(0, count)))
+    frame_at = off + fmt.RECORD_HEADER_SIZE
+    if off < 16 or off + nbytes > footer or nbytes < fmt.RECORD_HEADER_SIZE + 13:
+        return data
+    buf = bytearray(data)
+    choice = int(rng.integers(0, 3))
+    if choice == 0:  # skippable frame: its size field is not a content size
+        size = int(rng.choice([0, 1, nbytes - 16, 0xFFFFFFF0, 0xFFFFFFFF]))
+        struct.pack_into("<II", buf, frame_at, int(rng.choice(SKIPPABLE_MAGICS)), size & 0xFFFFFFFF)
+    elif choice == 1:  # single-segment frame with an 8-byte content size
+        sizes = (0, 1, 2**31, 2**32, 2**40, 2**63, 2**64 - 1)
+        size = sizes[int(rng.integers(0, len(sizes)))]
+        struct.pack_into("<IBQ", buf, frame_at, ZSTD_MAGIC, 0xE0, size)
+    else:  # flip the content-size flags of the frame header descriptor
+        buf[frame_at + 4] ^= int(rng.choice([0x20, 0x40, 0x80, 0xC0, 0xE0]))
+    return bytes(buf)
+
+
 def mutate(data: bytes, rng: np.random.Generator, pool: list[bytes]) -> bytes:
-    """One random mutation: bit flips, interesting values, truncation, splices, chunk edits."""
+    """One random mutation: bit flips, interesting values, truncation, splices, chunk edits, metadata
+    values, zstd frame headers."""
     buf = bytearray(data)
     n = len(buf)
-    op = int(rng.integers(0, 11))
+    op = int(rng.integers(0, 12))
     footer = struct.unpack_from("<Q", buf, n - 64)[0] if n >= 80 else 0
     if op == 10:
         return mutate_metadata(data, rng)
+    if op == 11:
+        return mutate_frame_header(data, rng)
     if op == 8 and 16 < footer < n:  # flip bits inside the records area
         for _ in range(int(rng.integers(1, 4))):
             buf[int(rng.integers(16, footer))] ^= 1 << int(rng.integers(0, 8))
@@ -163,6 +201,64 @@ def mutate(data: bytes, rng: np.random.Generator, pool: list[bytes]) -> bytes:
     return bytes(buf)
 
 
+def base_index(seed: int = 0) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """A valid shard index (parsed) of a small sharded dataset, and its shard files' bytes by name."""
+    rng = np.random.default_rng(seed)
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d) / "ds"
+        with rm.Writer(folder, num_classes=20, k=2, max_records=2, level=3) as w:
+            for i in range(5):
+                idx = np.stack([rng.choice(20, 2, replace=False) for _ in range(6)], 1).reshape(2, 2, 3)
+                w.add(f"k{i}", idx.astype(np.uint16), -np.sort(-rng.normal(size=(2, 2, 3)), axis=0).astype(np.float32))
+        index = json.loads((folder / "ds.index.json").read_text())
+        files = {p.name: p.read_bytes() for p in folder.glob("*.rlm")}
+    return index, files
+
+
+#: values written into a shard index; ``HUGE`` stands for an integer of thousands of digits
+HUGE = "<huge>"
+INDEX_VALUES: tuple[Any, ...] = (
+    None, True, -1, 0, 1, 2, 5, 2**31, 2**32 - 1, 2**32, 2**63, 2**64, 10**30, 1.5, 1e308, "", "1.0",
+    "\u0661.\u0660", "1" * 5000 + ".0", "9.9", "a.rlm", "../x.rlm", "k0", "\U0010ffff", [], {}, HUGE,
+)
+
+
+def mutate_index(index: dict[str, Any], rng: np.random.Generator) -> str:
+    """The text of ``index`` with one value (top level, a shard entry or the metadata) replaced or deleted."""
+    obj = json.loads(json.dumps(index))
+    shards = obj["shards"]
+    where = int(rng.integers(0, 3))
+    if where == 1 and shards:
+        target = shards[int(rng.integers(0, len(shards)))]
+        key = str(rng.choice(["file", "records", "bytes", "sha256", "first_key", "last_key"]))
+    else:
+        target = obj if where == 0 else obj["metadata"]
+        key = str(rng.choice(sorted(target)))
+    if rng.random() < 0.15:
+        target.pop(key, None)
+    else:
+        target[key] = INDEX_VALUES[int(rng.integers(0, len(INDEX_VALUES)))]
+    return json.dumps(obj).replace(json.dumps(HUGE), "7" * 5000)
+
+
+def exercise_index(text: str, files: dict[str, bytes]) -> str:
+    """Parse an index text and read the dataset it describes; return the outcome.
+
+    Raises whatever is not a ``RelabelMapsError``.
+    """
+    try:
+        index = read_index_json(text)
+        with from_index(index, lambda f: io.BytesIO(files.get(f, b"")), verify=True) as maps:
+            for i, key in enumerate(maps):
+                maps[key]
+                if i >= 10:
+                    break
+            problems = maps.verify()
+        return "ok" if not problems else "verify-problems"
+    except rm.RelabelMapsError as exc:
+        return type(exc).__name__
+
+
 def exercise(data: bytes) -> str:
     """Open and read everything (records with CRC checks, then ``verify``); return the outcome.
 
@@ -187,10 +283,20 @@ def exercise(data: bytes) -> str:
 def run(iterations: int, seed: int, pool: list[bytes] | None = None) -> tuple[collections.Counter, float]:
     """Run ``iterations`` cases; returns outcome counts and the slowest case's seconds."""
     pool = pool or base_files(seed)
+    index, shard_files = base_index(seed)
     rng = np.random.default_rng(seed)
     outcomes: collections.Counter = collections.Counter()
     slowest = 0.0
     for it in range(iterations):
+        if rng.random() < 0.05:  # a mutated shard index instead of a mutated file
+            text = mutate_index(index, rng)
+            t0 = time.perf_counter()
+            try:
+                outcomes[exercise_index(text, shard_files)] += 1
+            except Exception as exc:
+                raise AssertionError(f"iteration {it} (seed {seed}), index {text[:300]!r}: {exc!r}") from exc
+            slowest = max(slowest, time.perf_counter() - t0)
+            continue
         data = pool[int(rng.integers(0, len(pool)))]
         for _ in range(int(rng.integers(1, 4))):
             data = mutate(data, rng, pool)

@@ -37,3 +37,20 @@ def test_class_indices_out_of_range_are_rejected(indices) -> None:
 def test_index_dtype_follows_the_class_count() -> None:
     assert LabelMap.from_arrays(IDX, SC, num_classes=65536).indices.dtype == np.uint16
     assert LabelMap.from_arrays(IDX, SC, num_classes=65537).indices.dtype == np.uint32
+
+
+def test_dense_refuses_a_huge_map_before_allocating() -> None:
+    """A valid map whose class count makes (C, H, W) enormous gets a typed error, not a MemoryError."""
+    import tracemalloc
+
+    from relabel_maps.errors import InvalidArgumentError
+
+    lm = LabelMap.from_arrays(np.zeros((1, 2, 2), np.uint32), np.zeros((1, 2, 2), np.float32),
+                              num_classes=2**31 - 1)
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidArgumentError, match="dense"):
+            lm.dense()
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20
+    finally:
+        tracemalloc.stop()

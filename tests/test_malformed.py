@@ -1,10 +1,11 @@
-"""One named test per reader reject rule of spec/FORMAT.md §10 (R1-R25)."""
+"""One named test per reader reject rule of spec/FORMAT.md §10 (R1-R26)."""
 
 from __future__ import annotations
 
 import io
 import json
 import struct
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,10 @@ import zstandard
 
 import relabel_maps as rm
 from relabel_maps import format as fmt
+from relabel_maps import pooling
 from relabel_maps.codecs import FLAG_COUNTS, FLAG_LSE, RecordArrays, get_codec
-from relabel_maps.errors import CorruptRecordError, FormatError, UnsupportedVersionError
-from relabel_maps.shards import read_index_json
+from relabel_maps.errors import CorruptRecordError, FormatError, InvalidArgumentError, UnsupportedVersionError
+from relabel_maps.shards import ShardedReader, read_index_json
 
 C, K, H, W = 50, 3, 4, 5
 KEYS = ["a", "b", "c"]
@@ -554,3 +556,116 @@ def test_malformed_shard_index(tmp_path):
     ranged = {**good, "shards": [{"file": "a.rlm", "records": 2, "first_key": "", "last_key": "\u00e9"},
                                  {"file": "b.rlm", "records": 0}]}
     read_index_json(json.dumps(ranged))  # ranges are optional; "" is a key; empty shards list none
+
+
+# ------------------------------------------------------------------------------- typed errors, bounded allocation
+def _peak_bytes(fn) -> tuple[BaseException | None, int]:
+    """``(exception raised by fn() or None, peak bytes traced while it ran)``."""
+    tracemalloc.start()
+    try:
+        fn()
+        raised = None
+    except Exception as exc:
+        raised = exc
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return raised, peak
+
+
+def test_item1_huge_format_version_is_a_format_error():
+    huge = "1" * 5000 + ".0"  # int() of >4300 digits raises a plain ValueError
+    for version in (huge, "1." + "0" * 5000, "123456.0", "1.123456"):
+        with pytest.raises(FormatError) as info:
+            open_bytes(valid_file(format_version=version))
+        assert len(str(info.value)) < 200
+    index = {"format_version": huge, "shards": [{"file": "a.rlm", "records": 1}], "metadata": metadata()}
+    with pytest.raises(FormatError):
+        read_index_json(json.dumps(index))
+    with pytest.raises(UnsupportedVersionError):  # 5 digits still parse; the MAJOR is then checked
+        fmt.check_version_string("00002.99999", "metadata")
+
+
+def test_item1_non_ascii_version_digits_rejected():
+    for version in ("\u0661.\u0660", "1.\u0661", "\uff11.0", "\u00b9.0", "1.0\n", " 1.0"):
+        with pytest.raises(FormatError):
+            fmt.check_version_string(version, "metadata")
+        with pytest.raises(FormatError):
+            open_bytes(valid_file(format_version=version))
+    index = {"format_version": "\u0661.\u0660", "shards": [{"file": "a.rlm", "records": 1}], "metadata": metadata()}
+    with pytest.raises(FormatError):
+        read_index_json(json.dumps(index))
+    assert fmt.check_version_string("1.0", "metadata") == (1, 0)
+
+
+def test_item1_index_huge_record_count(tmp_path):
+    rm_path = tmp_path / "a-00001-of-00001.rlm"
+    rm_path.write_bytes(valid_file())
+    good = {"format_version": "1.0", "records": 3, "metadata": metadata(),
+            "shards": [{"file": rm_path.name, "records": 3, "bytes": rm_path.stat().st_size}]}
+    (tmp_path / "a.index.json").write_text(json.dumps(good))
+    with rm.open(tmp_path / "a.index.json") as maps:
+        assert len(maps) == 3
+    for shard, top in (({"records": 2**64}, {}), ({"records": 2**32}, {}), ({"records": 10**30}, {}),
+                       ({"bytes": 2**63}, {}), ({"bytes": -1}, {}), ({"bytes": 1.5}, {}),
+                       ({}, {"records": 2**40}), ({}, {"records": -3}), ({}, {"records": "3"})):
+        bad = {**good, **top, "shards": [{**good["shards"][0], **shard}]}
+        with pytest.raises(FormatError):
+            read_index_json(json.dumps(bad))
+        (tmp_path / "a.index.json").write_text(json.dumps(bad))
+        with pytest.raises(FormatError):
+            rm.open(tmp_path / "a.index.json")
+    with pytest.raises(FormatError):  # the reader itself bounds the counts it is given
+        ShardedReader([("a.rlm", str(rm_path), 2**64)], metadata())
+
+
+def test_item1_pool_refuses_huge_class_count(monkeypatch):
+    a = arrays()
+    huge = 1 << 31  # allowed by the spec; a dense (C,) float32 label would take 8 GiB
+    lm = rm.LabelMap(a.indices.astype(np.uint32), a.scores, num_classes=huge)
+    for size in (1, 2):
+        raised, peak = _peak_bytes(lambda s=size: lm.pool(size=s))
+        assert isinstance(raised, InvalidArgumentError), raised
+        assert peak < 16 << 20
+        raised, peak = _peak_bytes(lambda s=size: pooling.pool_dense(lm, size=s))
+        assert isinstance(raised, InvalidArgumentError), raised
+        assert peak < 16 << 20
+    monkeypatch.setattr(pooling, "MAX_POOL_OUTPUT", 4 * C)  # the bound, scaled down: (C, 2, 2) fits
+    small = rm.LabelMap(a.indices, a.scores, num_classes=C)
+    assert pooling.pool(small, size=2).shape == pooling.pool_dense(small, size=2).shape == (C, 2, 2)
+    for pooler in (pooling.pool, pooling.pool_dense):
+        with pytest.raises(InvalidArgumentError, match="values"):
+            pooler(small, size=3)  # (C, 3, 3) does not
+    monkeypatch.undo()
+    data = fmt.build_file([("x", record(RecordArrays(a.indices.astype(np.uint32), a.scores, None, None)))],
+                          metadata(num_classes=huge))
+    with open_bytes(data) as maps:  # such a file reads; only the oversized pooled output is refused
+        with pytest.raises(InvalidArgumentError):
+            maps["x"].pool()
+
+
+def _frame_header(declared: int) -> bytes:
+    """A zstd frame header (single segment, 8-byte content size) declaring ``declared`` bytes, then a
+    raw last block of 4 bytes."""
+    return struct.pack("<IBQ", 0xFD2FB528, 0xE0, declared) + struct.pack("<I", (4 << 3) | 1)[:3] + b"abcd"
+
+
+def test_item2_skippable_frame_rejected_before_allocation():
+    for magic in (0x184D2A50, 0x184D2A5A, 0x184D2A5F):
+        skippable = struct.pack("<II", magic, 0xFFFFFFF0) + bytes(64)  # declares 4 GiB, 80-byte record with its header
+        rec = record(frame=skippable)
+        assert len(rec) == 80
+        data = single(rec)
+        with open_bytes(data) as maps:
+            raised, peak = _peak_bytes(lambda m=maps: m["x"])
+        assert peak < 16 << 20, peak
+        assert isinstance(raised, CorruptRecordError) and "skippable" in str(raised), raised
+    for frame, reason in ((_frame_header(2**40), "declares"), (_frame_header(2**64 - 1), "declares -1"),
+                          (b"\x00\x01\x02\x03" + bytes(40), "magic"), (b"\x28\xb5", "magic")):
+        with open_bytes(single(record(frame=frame))) as maps:
+            raised, peak = _peak_bytes(lambda m=maps: m["x"])
+        assert peak < 16 << 20, peak
+        assert isinstance(raised, CorruptRecordError) and reason in str(raised), raised
+    good = zstandard.ZstdCompressor().compress(get_codec("f32").encode(arrays()))
+    with open_bytes(single(record(frame=good))) as maps:
+        assert maps["x"] == rm.LabelMap(*arrays()[:2], num_classes=C)
