@@ -5,12 +5,15 @@ journal: one JSON header line (journal version, the writer's arguments, the dict
 line ``[key, offset, nbytes, crc32]`` per record. A finished shard waits as ``.NAME-0000i.rlm.done``
 until the run is published. After a crash, :func:`recover` takes every finished shard and every
 complete, CRC-valid record of the partial one that the journal describes, and cuts both files back
-to that point.
+to that point. A journal whose partial file is gone (a kill between renaming the finished file and
+deleting its journal) is stale and deleted by the next run. :func:`abandon` stops a run even when
+closing its files fails (a full disk): it keeps the resume state or deletes every working file.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import json
 import os
@@ -29,6 +32,7 @@ __all__ = [
     "PartialShard",
     "Recovered",
     "RunFiles",
+    "abandon",
     "as_stored",
     "comparable_metadata",
     "fsync_dir",
@@ -128,21 +132,36 @@ class RunFiles:
         if replace:
             for old in shard_files(self.folder, self.name):
                 old.unlink()
-        paths = []
-        for i, path in enumerate(done, start=1):
-            final = self.folder / fmt.shard_name(self.name, i, len(done))
-            os.replace(path, final)
-            paths.append(final)
-        fsync_dir(self.folder)
+        paths: list[Path] = []
         index = index_path(self.folder, self.name)
-        write_index(paths, index)
+        try:
+            for i, path in enumerate(done, start=1):
+                final = self.folder / fmt.shard_name(self.name, i, len(done))
+                os.replace(path, final)
+                paths.append(final)
+            fsync_dir(self.folder)
+            write_index(paths, index)
+        except BaseException:  # no index: the shards go back to their working names
+            for path, final in zip(done, paths, strict=False):
+                with contextlib.suppress(OSError):
+                    os.replace(final, path)
+            raise
         return [str(p) for p in paths] + [str(index)]
+
+    def _working_shards(self) -> range:
+        return range(1, 1 + (working_shard_count(self.folder, self.name) if self.sharded else 1))
 
     def remove_stale(self) -> None:
         """Delete what an earlier run left behind."""
-        for i in range(1, 1 + (working_shard_count(self.folder, self.name) if self.sharded else 1)):
+        for i in self._working_shards():
             for p in (self.partial(i), self.journal(i), self.done(i)):
                 p.unlink(missing_ok=True)
+
+    def remove_stale_journals(self) -> None:
+        """Delete journals without their partial file: their shard finished (nothing to recover)."""
+        for i in self._working_shards():
+            if not self.partial(i).exists():
+                self.journal(i).unlink(missing_ok=True)
 
 
 class PartialShard:
@@ -201,10 +220,34 @@ class PartialShard:
             self.journal_path.unlink(missing_ok=True)
 
     def close(self) -> None:
-        for f in (self.file, self.journal):
-            if f is not None:
-                f.close()
-        self.file = self.journal = None
+        """Close both files, even when the first fails (a full disk fails the flush of buffered
+        bytes); raises the first error."""
+        files, self.file, self.journal = (self.file, self.journal), None, None
+        error: BaseException | None = None
+        for f in files:
+            try:
+                if f is not None:
+                    f.close()
+            except BaseException as exc:  # raised below, after closing the other file
+                error = error or exc
+        if error is not None:
+            raise error
+
+    def keep(self) -> None:
+        """Flush and close for a later resume; what cannot be written (a full disk) is simply not
+        recovered (the journal describes only records whose bytes are there and pass their CRC)."""
+        with contextlib.suppress(OSError):
+            self.flush(sync=True)
+        with contextlib.suppress(OSError):
+            self.close()
+
+    def discard(self) -> None:
+        """Close (errors ignored: the files go) and delete the partial file and the journal."""
+        with contextlib.suppress(OSError):
+            self.close()
+        self.partial.unlink(missing_ok=True)
+        if self.journal_path is not None:
+            self.journal_path.unlink(missing_ok=True)
 
     def reopen(self, entries: list[_Entry], journal_bytes: int) -> None:
         """Continue after ``entries`` (recovered): cut both files back to them and append from there."""
@@ -221,6 +264,21 @@ class PartialShard:
         self.file.truncate(self.pos)
         self.file.seek(self.pos)
         self.journal = open(self.journal_path, "ab")
+
+
+def abandon(shard: PartialShard | None, done: list[Path], *, keep: bool) -> None:
+    """Stop a run without finishing it, also on a full disk. ``keep``: flush and close the partial
+    ``shard`` for a later resume. Otherwise delete it, its journal and the finished hidden shards
+    ``done`` (a published output, not hidden, stays)."""
+    if keep:
+        if shard is not None:
+            shard.keep()
+        return
+    if shard is not None:
+        shard.discard()
+    for path in done:
+        if path.name.startswith("."):
+            path.unlink(missing_ok=True)
 
 
 @dataclasses.dataclass

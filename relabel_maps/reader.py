@@ -3,8 +3,9 @@
 The header, trailer and footer (metadata, dictionary, index) are read and checked once when the
 file is opened -- two small reads plus one read of the footer. A record is read and decoded only
 when accessed. Works on a path (memory-mapped) or on any seekable binary file object (see
-:mod:`relabel_maps.source`); a reader used in a forked child process reopens its file handle on
-first use. Records are decoded and checked by :mod:`relabel_maps.records`.
+:mod:`relabel_maps.source`); a reader used in a forked child process reopens its file on first use
+(a file object that can be neither reopened nor read positionally is refused there). Records are
+decoded and checked by :mod:`relabel_maps.records`.
 """
 
 from __future__ import annotations

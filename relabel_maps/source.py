@@ -1,5 +1,12 @@
 """Where a file's bytes come from: positional reads from a path (mmap), an OS file (``pread``) or any
-seekable binary file object, safe to use again in a child process after ``fork``."""
+seekable binary file object; never corrupted by ``fork``.
+
+After ``fork`` a path is mapped again, a callable is called again for a fresh file object, an OS file
+is read with ``pread`` (its shared file position is never used) and an ``io.BytesIO`` is the child's
+own copy. Any other file object may share a file position with the parent
+(a wrapper around an OS file that hides ``fileno``, a network connection), so reading it in a forked
+child raises :class:`InvalidArgumentError` naming the remedy: a callable that opens it.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +21,9 @@ from typing import BinaryIO, Union, cast
 from .errors import InvalidArgumentError
 
 __all__ = ["Source", "ByteSource"]
+
+#: file objects whose whole state is copied into a forked child (seek + read there is private)
+_PER_PROCESS = (io.BytesIO,)
 
 #: what a reader reads from: a path, a seekable binary file object, or a zero-argument callable
 #: returning one (called again to reopen the file in a forked child)
@@ -61,19 +71,15 @@ class ByteSource:
             self._owns_file = True
         f = self._file
         assert f is not None
-        try:  # a real OS file: positional reads need no lock and survive fork
-            fd = f.fileno()
-            if hasattr(os, "pread") and _is_regular(fd):
-                self._fd = fd
-        except (AttributeError, OSError, io.UnsupportedOperation, ValueError):
-            self._fd = None
         try:
             self.size = f.seek(0, io.SEEK_END)
         except (OSError, ValueError) as exc:
             raise InvalidArgumentError(f"file object is not seekable: {exc}") from None
+        self._fd = _positional_fd(f, self.size)
 
     def check_fork(self) -> None:
-        """Reopen what a forked child cannot share (the mapping, a factory's file object)."""
+        """Reopen what a forked child cannot share (the mapping, a factory's file object); refuse a
+        file object that may share its file position with the parent."""
         if self._pid != os.getpid():
             if self._path is not None:
                 if self._mm is not None:  # the inherited mapping: unmapped in this process only
@@ -82,7 +88,13 @@ class ByteSource:
             elif self._factory is not None:
                 self._file = None
                 self._open()
-            else:  # a plain file object: the child has its own copy (BytesIO) or uses pread
+            elif self._fd is None and not isinstance(self._file, _PER_PROCESS):
+                raise InvalidArgumentError(
+                    f"{self.name}: this file object cannot be read in a forked process: it has no file "
+                    "descriptor for positional reads and may share its file position with the parent; "
+                    "open a path, or pass a callable that returns the file object (called again after fork)"
+                )
+            else:  # pread on an OS file, or the child's own copy of an in-memory object
                 self._pid = os.getpid()
                 self._lock = threading.Lock()
 
@@ -124,8 +136,17 @@ class ByteSource:
         return self._path
 
 
-def _is_regular(fd: int) -> bool:
+def _positional_fd(f: BinaryIO, size: int) -> int | None:
+    """The descriptor of a regular OS file holding exactly ``f``'s bytes, for ``pread``; ``None``
+    when there is none (or ``fileno`` may describe other bytes, e.g. a member of an archive)."""
+    if not hasattr(os, "pread"):  # pragma: no cover - platforms without pread
+        return None
     try:
-        return stat.S_ISREG(os.fstat(fd).st_mode)
-    except OSError:
-        return False
+        fd = f.fileno()
+        st = os.fstat(fd)
+    except (AttributeError, OSError, io.UnsupportedOperation, ValueError):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    raw = getattr(f, "raw", f) if isinstance(f, (io.BufferedReader, io.BufferedRandom)) else f
+    return fd if isinstance(raw, io.FileIO) or st.st_size == size else None

@@ -22,7 +22,7 @@ from ._version import __version__
 from .codecs import Codec, get_codec
 from .dictionary import DICT_SAMPLES, DICT_SIZE, train_dictionary
 from .errors import CorruptRecordError, FormatError, InvalidArgumentError, InvalidLabelMapError, WriterError
-from .journal import PartialShard, RunFiles, as_stored, comparable_metadata, journal_header, recover
+from .journal import PartialShard, RunFiles, abandon, as_stored, comparable_metadata, journal_header, recover
 from .labelmap import SCORE_KINDS, LabelMap
 from .layout import dataset_location, is_sharded
 from .records import RecordDecoder, RecordEncoder
@@ -112,6 +112,7 @@ class Writer:
         self.folder, self.name = dataset_location(path, sharded=self.sharded)
         self.path = p
         self._files = RunFiles(self.folder, self.name, self.sharded)
+        self._files.remove_stale_journals()
 
         self._keys: set[str] = set()
         self._done: list[tuple[Path, int]] = []  # finished shards: (file, records)
@@ -391,7 +392,8 @@ class Writer:
             self._shard.flush(sync=True)
 
     def close(self) -> list[str]:
-        """Finalize every output atomically; returns the written paths (shards, then the index)."""
+        """Finalize every output atomically; returns the written paths (shards, then the index).
+        When finalizing fails (e.g. a full disk) the writer aborts (:meth:`abort`) and re-raises."""
         if self._closed:
             return list(self._written)
         try:
@@ -404,8 +406,10 @@ class Writer:
             if self._shard is not None:
                 self._finish_shard()
             self._written = self._publish()
-        finally:
-            self._closed = True
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
         return list(self._written)
 
     def _publish(self) -> list[str]:
@@ -414,24 +418,18 @@ class Writer:
         return self._files.publish([done for done, _ in self._done], replace=self.overwrite)
 
     def abort(self) -> None:
-        """Stop without finalizing. Without ``resume`` the partial files are deleted; with it they
-        are flushed and kept for a later ``Writer(..., resume=True)``."""
+        """Stop without finalizing, also when the disk is full. Without ``resume`` every file the
+        writer created is deleted; with it they are flushed (as far as they can be) and kept for a
+        later ``Writer(..., resume=True)``."""
         if self._closed:
             return
         self._closed = True
-        if self.resume:
-            if self._dict is None and self._pending:
+        try:
+            if self.resume and self._dict is None and self._pending:
                 self._train_dictionary()
-            if self._shard is not None:
-                self._shard.flush(sync=True)
-                self._shard.close()
-            return
-        if self._shard is not None:
-            self._shard.close()
-            self._shard.partial.unlink(missing_ok=True)
-        for done, _ in self._done:
-            if done.name.startswith("."):
-                done.unlink(missing_ok=True)
+        finally:
+            abandon(self._shard, [done for done, _ in self._done], keep=self.resume)
+            self._shard = None
 
     def __enter__(self) -> Writer:
         return self
