@@ -33,7 +33,8 @@ Examples:
 @click.argument("key")
 @click.option(
     "--box", type=BOX, default="0,0,1,1", show_default=True,
-    help="Crop box x0,y0,x1,y1 in [0, 1] of the frame the teacher saw.",
+    help="Crop box x0,y0,x1,y1, normalised to the frame the teacher saw (0,0,1,1 is the whole frame; "
+    "parts outside it are allowed and pool to the uniform 1/C).",
 )
 @click.option("--flip", is_flag=True, help="The crop was mirrored horizontally.")
 @click.option(
@@ -69,6 +70,9 @@ def pool(
     """
     if compat and (size != 1 or fill is not None or temperature != 1.0):
         raise click.UsageError("--compat has fixed semantics: it takes no --size, --fill or --temperature")
+    if min(box) < 0.0 or max(box) > 1.0:
+        click.echo(f"note: the box {','.join(f'{v:g}' for v in box)} extends outside the teacher's frame "
+                   "(0..1); the part outside pools to the uniform 1/C", err=True)
     with open_maps(path) as maps:
         lm = maps[key]
         names = maps.metadata.get("class_names")
@@ -93,12 +97,22 @@ def pool(
         return
     out = console()
     title = f"{key}  box={','.join(f'{v:g}' for v in box)}{'  flipped' if flip else ''}  fill={mode}"
-    for cell, top in cells:
-        t = Table(title=title + (f"  cell {cell}" if cell else ""), title_justify="left")
+    if size == 1:
+        t = Table(title=title, title_justify="left")
         t.add_column("rank", justify="right")
         t.add_column("class", justify="right")
         t.add_column("name")
         t.add_column("prob", justify="right")
-        for rank, row in enumerate(top, 1):
+        for rank, row in enumerate(result["top"], 1):
             t.add_row(str(rank), str(row["class"]), row["name"] or "-", f"{row['prob']:.4f}")
         out.print(t)
+        return
+    # an S x S grid: one table, one row per cell, its top classes side by side
+    t = Table(title=f"{title}  {size}x{size} cells", title_justify="left")
+    t.add_column("cell")
+    for rank in range(1, top_n + 1):
+        t.add_column(f"#{rank}")
+    for rc, top in cells:
+        labels = (f"{row['name'] or row['class']} {row['prob']:.3f}" for row in top)
+        t.add_row(f"{rc[0]},{rc[1]}" if rc else "", *labels)
+    out.print(t)

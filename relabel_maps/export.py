@@ -2,17 +2,13 @@
 
 One row per record, in key order:
 
-============== ===================== ==========================================================
-column         type                  meaning
-============== ===================== ==========================================================
-key            string                the record's key (usually the image's relative path)
-height, width  int32                 the grid size of the record
-top_classes    list<int32>           the ``top`` classes of the whole-image pooled soft label
-top_scores     list<float32>         their probabilities (``pool(box=(0, 0, 1, 1))``)
-top_names      list<string>          their class names (only when the dataset stores names)
-top1_share     float32               fraction of grid locations whose own top-1 class is the
-                                     pooled top-1 class (how much of the image it covers)
-============== ===================== ==========================================================
+- ``key`` (string): the record's key (usually the image's relative path);
+- ``grid_height``, ``grid_width`` (int32): the label map's grid ``(H, W)`` (not the image's size);
+- ``top_classes`` (list<int32>): the ``top`` classes of the whole-image pooled soft label;
+- ``top_scores`` (list<float32>): their probabilities (``pool(box=(0, 0, 1, 1))``);
+- ``top_names`` (list<string>): their class names (only when the dataset stores names);
+- ``top1_share`` (float32): fraction of grid locations whose own top-1 class is the pooled top-1
+  class (how much of the image it covers).
 
 The pooled label uses the dataset's default fill mode unless ``fill`` is given (see POOLING.md).
 The output depends only on the data, so exporting the same dataset twice gives identical bytes.
@@ -44,8 +40,8 @@ def summarize(labelmap: LabelMap, *, top: int = 5, fill: str | None = None) -> d
     share = float(np.mean(labelmap.top1() == int(order[0])))
     return {
         "key": labelmap.key,
-        "height": labelmap.height,
-        "width": labelmap.width,
+        "grid_height": labelmap.height,
+        "grid_width": labelmap.width,
         "top_classes": [int(c) for c in order],
         "top_scores": [float(pooled[c]) for c in order],
         "top1_share": share,
@@ -71,8 +67,8 @@ def summary_rows(
 def _schema(pa: Any, with_names: bool) -> Any:
     fields = [
         pa.field("key", pa.string(), nullable=False),
-        pa.field("height", pa.int32(), nullable=False),
-        pa.field("width", pa.int32(), nullable=False),
+        pa.field("grid_height", pa.int32(), nullable=False),
+        pa.field("grid_width", pa.int32(), nullable=False),
         pa.field("top_classes", pa.list_(pa.int32()), nullable=False),
         pa.field("top_scores", pa.list_(pa.float32()), nullable=False),
     ]
@@ -85,8 +81,8 @@ def _schema(pa: Any, with_names: bool) -> Any:
 def _batch(pa: Any, schema: Any, rows: list[dict[str, Any]], names: list[str] | None) -> Any:
     columns: dict[str, Any] = {
         "key": [r["key"] for r in rows],
-        "height": [r["height"] for r in rows],
-        "width": [r["width"] for r in rows],
+        "grid_height": [r["grid_height"] for r in rows],
+        "grid_width": [r["grid_width"] for r in rows],
         "top_classes": [r["top_classes"] for r in rows],
         "top_scores": [r["top_scores"] for r in rows],
     }

@@ -32,6 +32,8 @@ _SPELLINGS = {
         "center",
     ),
     **dict.fromkeys(("squash", "stretch", "resize"), "squash"),
+    # what `relabel-maps convert --from relabel` 0.1.0 wrote for the official (whole-image) release
+    "full image resized to 475x475": "squash",
 }
 
 

@@ -253,6 +253,32 @@ def test_pool_out_of_range_box_is_library_error(runner, dataset):
     assert "Traceback" not in result.output
 
 
+def test_pool_box_outside_the_frame_is_allowed_with_a_note(runner, dataset):
+    result = run(runner, "pool", dataset, "dir/img01.jpg", "--box", "0.5,0.5,1.5,1.5")
+    assert "extends outside the teacher's frame" in result.stderr
+    inside = run(runner, "pool", dataset, "dir/img01.jpg", "--box", "0.5,0.5,1,1")
+    assert "outside" not in inside.stderr
+
+
+def test_pool_grid_prints_one_table_with_a_row_per_cell(runner, dataset):
+    out = run(runner, "pool", dataset, "dir/img01.jpg", "--size", "4", "--top", "2").output
+    assert out.count("4x4 cells") == 1
+    lines = out.splitlines()
+    for r in range(4):
+        for c in range(4):
+            assert sum(line.strip("│ ").startswith(f"{r},{c} ") for line in lines) == 1, (r, c)
+
+
+def test_keys_lists_filters_and_counts(runner, dataset):
+    with relabel_maps.open(dataset) as maps:
+        everything = list(maps)
+    assert run(runner, "keys", dataset).output.splitlines() == everything
+    picked = run(runner, "keys", dataset, "--glob", "dir/img0[12].jpg").output.splitlines()
+    assert picked == ["dir/img01.jpg", "dir/img02.jpg"]
+    assert run(runner, "keys", dataset, "--glob", "*", "--count").output.strip() == str(len(everything))
+    assert json.loads(run(runner, "keys", dataset, "--glob", "nothing*", "--json").output) == []
+
+
 def test_pool_unknown_key(runner, dataset):
     result = run(runner, "pool", dataset, "no/such.jpg", ok=False)
     assert result.exit_code == 1 and "no/such.jpg" in result.output and "not found" in result.output

@@ -55,11 +55,11 @@ def test_parquet_equals_library(tmp_path, fill):
     with relabel_maps.open(path) as maps:
         assert export_parquet(maps, out, fill=fill) == 6
     table = pq.read_table(out)
-    assert table.column_names == ["key", "height", "width", "top_classes", "top_scores", "top_names", "top1_share"]
+    assert table.column_names == ["key", "grid_height", "grid_width", "top_classes", "top_scores", "top_names", "top1_share"]
     assert table.schema.field("top_scores").type == pa.list_(pa.float32())
     got = table.to_pylist()
     for row, (key, h, w, classes, scores, share) in zip(got, expected_rows(path, fill=fill), strict=True):
-        assert row["key"] == key and (row["height"], row["width"]) == (h, w)
+        assert row["key"] == key and (row["grid_height"], row["grid_width"]) == (h, w)
         assert row["top_classes"] == classes
         np.testing.assert_allclose(row["top_scores"], scores, rtol=0, atol=1e-7)
         assert row["top_names"] == [f"n{c}" for c in classes]

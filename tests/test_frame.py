@@ -87,3 +87,9 @@ def test_center_window_matches_the_annotator():
     assert frame.window((100, 75)) == (12.0, 0.0, 87.0, 75.0)
     assert TeacherFrame("squash").window((100, 75)) == (0.0, 0.0, 100.0, 75.0)
     assert TeacherFrame("center", (64, 64), crop_pct=0.5).window((128, 128)) == (32.0, 32.0, 96.0, 96.0)
+
+
+def test_maps_converted_by_0_1_0_read_as_a_squash_frame() -> None:
+    """0.1.0's converter wrote free text in ``teacher.resize``; such files must still train."""
+    meta = {"teacher": {"resize": "full image resized to 475x475", "input_size": [475, 475]}}
+    assert TeacherFrame.from_metadata(meta) == TeacherFrame("squash", (475, 475))
