@@ -1,4 +1,8 @@
-"""``push`` and ``pull``: datasets on the Hugging Face Hub."""
+"""``push`` and ``pull``: datasets on the Hugging Face Hub.
+
+Failures arrive as typed ``HubError``s whose one-line message names the repo and keeps the Hub's
+explanation; transient ones (HTTP 5xx, dropped connections) were already retried by the library.
+"""
 
 from __future__ import annotations
 
@@ -32,7 +36,11 @@ Examples:
   relabel-maps push maps/ my-org/relabel-l2 --private --license apache-2.0
   relabel-maps push maps/ my-name/labels --path-in-repo l2-475 --dry-run
 \b
-Log in first with `hf auth login` or set HF_TOKEN; the token is never printed."""
+Log in first with `hf auth login` or set HF_TOKEN; the token is never printed.
+Transient failures (HTTP 5xx, dropped connections) are retried: RELABEL_MAPS_HUB_RETRIES
+tries in all (default 4), RELABEL_MAPS_HUB_RETRY_DELAY seconds before the first retry
+(default 1, doubling). An interrupted push is completed by running it again: only what
+the Hub lacks is uploaded, and readers see the old dataset until the single commit lands."""
 )
 @click.argument("path", type=click.Path(exists=True))
 @click.argument("repo_id", callback=_repo_id)
@@ -96,9 +104,11 @@ def push(
         out.print(f"{repo_id} is up to date ({len(result.unchanged)} file(s) unchanged)")
     else:
         out.print(
-            f"pushed to https://huggingface.co/datasets/{repo_id} "
+            f"pushed to {repo_id} "
             f"({len(result.uploaded)} uploaded, {len(result.unchanged)} unchanged, {len(result.deleted)} deleted)"
         )
+        if result.commit_url:
+            out.print(f"commit    {result.commit_url}")
 
 
 @click.command(
@@ -106,7 +116,10 @@ def push(
 Examples:
   relabel-maps pull my-name/imagenet-relabel
   relabel-maps pull my-name/imagenet-relabel --revision v1.0 --local-dir maps/
-  relabel-maps pull hf://my-name/labels/l2-475 --local-dir l2/"""
+  relabel-maps pull hf://my-name/labels/l2-475 --local-dir l2/
+\b
+Transient failures are retried as for push (RELABEL_MAPS_HUB_RETRIES, RELABEL_MAPS_HUB_RETRY_DELAY);
+a pull that was interrupted fetches only the missing files when run again."""
 )
 @click.argument("repo_id", callback=_repo_id)
 @click.option("--revision", default=None, help="Branch, tag or commit (default: main).")

@@ -20,11 +20,13 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "annotate": ("annotate", "annotate", "Run a teacher over images and write label maps."),
     "info": ("inspection", "info", "Show metadata, sizes and a top-1 class histogram."),
     "verify": ("inspection", "verify", "Check every checksum and structural rule."),
+    "keys": ("keys", "keys", "List the keys (optionally matching a pattern)."),
     "show": ("show", "show", "Draw a label map (and its image) to a PNG."),
     "pool": ("pool", "pool", "Soft label of a crop box of one record."),
     "convert": ("convert", "convert", "Convert the official ReLabel or TokenLabeling release."),
     "merge": ("merge", "merge", "Merge shards/ranks into one dataset."),
     "export": ("export", "export", "Export a per-image summary table (Parquet)."),
+    "audit": ("audit", "audit", "Find mislabelled and multi-object images; write an HTML report."),
     "push": ("hub", "push", "Upload a dataset to the Hugging Face Hub."),
     "pull": ("hub", "pull", "Download a dataset from the Hugging Face Hub."),
 }
@@ -84,7 +86,9 @@ class RelabelMapsGroup(click.Group):
         except Exception as exc:
             if _debug_requested(ctx):
                 raise
-            if isinstance(exc, (RelabelMapsError, OSError)) or _is_hub_error(exc):
+            if _is_hub_error(exc) and not isinstance(exc, RelabelMapsError):
+                raise click.ClickException(_hub_line(exc)) from None
+            if isinstance(exc, (RelabelMapsError, OSError)):
                 raise click.ClickException(_one_line(exc)) from None
             raise click.ClickException(
                 f"unexpected {type(exc).__name__}: {_one_line(exc)} (run with --debug for the traceback)"
@@ -94,6 +98,16 @@ class RelabelMapsGroup(click.Group):
 def _is_hub_error(exc: BaseException) -> bool:
     """Errors of huggingface_hub and its HTTP stack (bad token, missing repo, offline, ...)."""
     return type(exc).__module__.split(".")[0] in ("huggingface_hub", "httpx", "httpx2", "requests")
+
+
+def _hub_line(exc: BaseException) -> str:
+    """A raw huggingface_hub error on one line that keeps its explanation (not just ``404 Client Error.``).
+
+    The library raises typed errors itself; this covers Hub calls made by other packages (timm, datasets).
+    """
+    from relabel_maps.hub.failures import detail
+
+    return detail(exc)
 
 
 @click.group(

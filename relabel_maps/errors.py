@@ -20,7 +20,13 @@ __all__ = [
     "InvalidLabelMapError",
     "InvalidArgumentError",
     "WriterError",
+    "OutputLockedError",
+    "DatasetReplacedError",
     "DependencyError",
+    "HubError",
+    "HubNotFoundError",
+    "HubAuthError",
+    "HubNetworkError",
 ]
 
 
@@ -63,8 +69,34 @@ class WriterError(RelabelMapsError):
     """A write cannot proceed (writer closed, duplicate key, output exists, ...)."""
 
 
+class OutputLockedError(WriterError):
+    """Another process (or another writer in this one) is writing the same output: it holds the
+    output's lock file; the message names its pid, host and start time."""
+
+
+class DatasetReplacedError(RelabelMapsError, OSError):
+    """The dataset was replaced or deleted on disk after it was opened, and a shard it now needs
+    belongs to the new one (or is gone); reopen the dataset to read the new one."""
+
+
 class DependencyError(RelabelMapsError, ImportError):
     """An optional dependency is missing; the message names the extra to install."""
+
+
+class HubError(RelabelMapsError, OSError):
+    """The Hugging Face Hub refused or failed a request (the message keeps the Hub's own explanation)."""
+
+
+class HubNotFoundError(HubError, LookupError):
+    """A Hub repo, revision or file does not exist (or is private and the token cannot see it)."""
+
+
+class HubAuthError(HubError, PermissionError):
+    """The Hub rejected the token, or the token lacks the rights for the request."""
+
+
+class HubNetworkError(HubError, ConnectionError):
+    """The Hub could not be reached or kept failing (HTTP 5xx, dropped connections, offline mode)."""
 
 
 def require(module: str, extra: str) -> ModuleType:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -105,3 +106,30 @@ def image_folder_with_maps() -> Callable[..., tuple[Path, Path]]:
     grid=, with_lse=False, **writer)`` writes an ImageFolder of random images and their label maps
     and returns ``(images, maps)``."""
     return write_image_folder_with_maps
+
+
+@pytest.fixture()
+def hub_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A local Hugging Face Hub (``tests/hub_server.py``) that this process's huggingface_hub talks to, with a
+    fresh HF cache and home under ``tmp_path``, no token and fast retries (10 ms backoff).
+    ``hub_server.env()`` holds the variables that point a subprocess at it."""
+    hf = pytest.importorskip("huggingface_hub")
+    module = sys.modules.get("hub_server")
+    if module is None:  # loaded once, and registered: its dataclasses need their module
+        spec = importlib.util.spec_from_file_location("hub_server", TESTS / "hub_server.py")
+        assert spec is not None and spec.loader is not None
+        module = sys.modules["hub_server"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    server = module.HubServer().start()
+    server.patch_client(monkeypatch)
+    home, cache = tmp_path / "hf-home", tmp_path / "hf-cache"
+    for name, value in (("HF_HOME", home), ("HF_HUB_CACHE", cache)):
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.setattr(hf.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hf.constants, "HF_TOKEN_PATH", str(home / "token"))
+    monkeypatch.setattr(hf.constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RELABEL_MAPS_HUB_RETRY_DELAY", "0.01")
+    yield server
+    server.stop()

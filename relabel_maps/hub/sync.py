@@ -2,7 +2,10 @@
 
 :func:`push` uploads the shards, the index, a README dataset card and a Parquet preview (for the
 Hub's dataset viewer), skipping files whose content the remote already has (compared by SHA-256
-for LFS files and by git blob id otherwise). huggingface_hub is imported when a function needs it.
+for LFS files and by git blob id otherwise), in one commit: a reader sees the old dataset or the new
+one, never a mix. Transient failures are retried (:mod:`.retry`); a push that was interrupted (killed,
+or out of retries) is completed by running it again, which uploads only what the Hub still lacks.
+huggingface_hub is imported when a function needs it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from ..reader import LabelMaps, Reader
 from ..shards import open_index
 from .card import dataset_card
 from .paths import CARD_NAME, PREVIEW_NAME, REPO_TYPE, HubPath, as_hub_path, is_commit, join_in_repo, validate_repo_id
+from .retry import RetryPolicy, hub_call
 
 __all__ = ["PushResult", "PlannedUpload", "plan_push", "push", "pull"]
 
@@ -126,14 +130,15 @@ def plan_push(
     return uploads
 
 
-def _remote_files(api: Any, repo_id: str, revision: str | None) -> dict[str, Any]:
-    """The repo's files at ``revision`` by path (empty for a missing branch)."""
+def _remote_state(api: Any, repo_id: str, revision: str | None) -> tuple[str | None, dict[str, Any]]:
+    """The commit ``revision`` points to and that commit's files by path (``(None, {})`` for a missing branch)."""
     hf_errors = require("huggingface_hub.errors", "hub")
     try:
-        entries = api.list_repo_tree(repo_id, recursive=True, repo_type=REPO_TYPE, revision=revision)
-        return {e.path: e for e in entries if hasattr(e, "blob_id")}
+        commit = api.repo_info(repo_id, repo_type=REPO_TYPE, revision=revision).sha
+        entries = api.list_repo_tree(repo_id, recursive=True, repo_type=REPO_TYPE, revision=commit or revision)
+        return commit, {e.path: e for e in entries if hasattr(e, "blob_id")}
     except (hf_errors.RevisionNotFoundError, hf_errors.EntryNotFoundError):
-        return {}
+        return None, {}
 
 
 def _is_uploaded(remote: Any, up: PlannedUpload) -> bool:
@@ -143,6 +148,11 @@ def _is_uploaded(remote: Any, up: PlannedUpload) -> bool:
         sha = getattr(lfs, "sha256", None) or (lfs.get("sha256") if isinstance(lfs, Mapping) else None)
         return bool(sha == up.sha256)
     return bool(getattr(remote, "blob_id", None) == up.git_sha1)
+
+
+def _missing(uploads: Iterable[PlannedUpload], remote: Mapping[str, Any]) -> list[PlannedUpload]:
+    """The planned files whose content ``remote`` (path -> tree entry) does not hold."""
+    return [up for up in uploads if not (up.path_in_repo in remote and _is_uploaded(remote[up.path_in_repo], up))]
 
 
 def _stale_files(remote: Iterable[str], wanted: set[str], folder: str) -> list[str]:
@@ -170,6 +180,7 @@ def push(
     delete_stale: bool = True,
     commit_message: str | None = None,
     progress: Callable[[int], None] | None = None,
+    retry: RetryPolicy | None = None,
 ) -> PushResult:
     """Upload the dataset at ``path`` to the Hub dataset repo ``repo_id`` (created if needed).
 
@@ -178,7 +189,9 @@ def push(
     under ``path_in_repo`` that are not part of this dataset (say, shards of an earlier, differently
     sharded push) are deleted in the same commit. The token comes from ``token``, else
     huggingface_hub's usual login/``HF_TOKEN``; it is never printed. ``progress`` is as for
-    :func:`plan_push`.
+    :func:`plan_push`. ``retry`` (default: :meth:`RetryPolicy.from_env`) bounds the retries of transient
+    failures; each retry lists the remote again, so a commit whose answer was lost is not made twice.
+    Failures are raised as :class:`~relabel_maps.errors.HubError` subclasses.
     """
     validate_repo_id(repo_id)
     hf = require("huggingface_hub", "hub")
@@ -187,27 +200,36 @@ def push(
     uploads = plan_push(
         path, repo_id, path_in_repo=path_in_repo, license=license, preview=preview, tags=tags, progress=progress
     )
-    api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
-    if revision is not None and revision != "main" and not is_commit(revision):
-        api.create_branch(repo_id, branch=revision, repo_type=REPO_TYPE, exist_ok=True)
-    remote = _remote_files(api, repo_id, revision)
-    operations: list[Any] = []
-    uploaded, unchanged = [], []
-    for up in uploads:
-        if up.path_in_repo in remote and _is_uploaded(remote[up.path_in_repo], up):
-            unchanged.append(up.path_in_repo)
-            continue
-        operations.append(hf.CommitOperationAdd(path_in_repo=up.path_in_repo, path_or_fileobj=up.source()))
-        uploaded.append(up.path_in_repo)
-    deleted = []
-    if delete_stale:
-        deleted = _stale_files(remote, {up.path_in_repo for up in uploads}, path_in_repo.strip("/"))
-        operations += [hf.CommitOperationDelete(path_in_repo=name) for name in deleted]
-    if not operations:
-        return PushResult(repo_id, [], unchanged, [])
-    message = commit_message or f"Upload label maps ({len(uploaded)} file(s) changed, {len(deleted)} deleted)"
-    info = api.create_commit(repo_id, operations, commit_message=message, repo_type=REPO_TYPE, revision=revision)
-    return PushResult(repo_id, uploaded, unchanged, deleted, getattr(info, "commit_url", None))
+    folder = path_in_repo.strip("/")
+    wanted = {up.path_in_repo for up in uploads}
+    first_seen: list[dict[str, Any]] = []  # the remote as the first attempt found it: what this push changes
+
+    def attempt() -> PushResult:
+        api.create_repo(repo_id, repo_type=REPO_TYPE, private=private, exist_ok=True)
+        if revision is not None and revision != "main" and not is_commit(revision):
+            api.create_branch(repo_id, branch=revision, repo_type=REPO_TYPE, exist_ok=True)
+        parent, remote = _remote_state(api, repo_id, revision)
+        if not first_seen:
+            first_seen.append(remote)
+        missing = _missing(uploads, remote)
+        stale = _stale_files(remote, wanted, folder) if delete_stale else []
+        uploaded = [up.path_in_repo for up in _missing(uploads, first_seen[0])]
+        unchanged = [up.path_in_repo for up in uploads if up.path_in_repo not in uploaded]
+        deleted = _stale_files(first_seen[0], wanted, folder) if delete_stale else []
+        result = PushResult(repo_id, uploaded, unchanged, deleted)
+        if not missing and not stale:
+            return result
+        operations: list[Any] = [
+            hf.CommitOperationAdd(path_in_repo=up.path_in_repo, path_or_fileobj=up.source()) for up in missing
+        ]
+        operations += [hf.CommitOperationDelete(path_in_repo=name) for name in stale]
+        message = commit_message or f"Upload label maps ({len(missing)} file(s) changed, {len(stale)} deleted)"
+        info = api.create_commit(
+            repo_id, operations, commit_message=message, repo_type=REPO_TYPE, revision=revision, parent_commit=parent
+        )
+        return dataclasses.replace(result, commit_url=getattr(info, "commit_url", None))
+
+    return hub_call(str(HubPath(repo_id, revision)), attempt, retry)
 
 
 def pull(
@@ -217,19 +239,28 @@ def pull(
     local_dir: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     token: str | None = None,
+    retry: RetryPolicy | None = None,
 ) -> str:
     """Download a dataset (all files under its path) through huggingface_hub; return the local folder
-    that :func:`relabel_maps.open` accepts (inside ``local_dir`` when given, else in the HF cache)."""
+    that :func:`relabel_maps.open` accepts (inside ``local_dir`` when given, else in the HF cache).
+
+    The files come from one commit (the one ``revision`` points to when the download starts). Transient
+    failures are retried as ``retry`` says; a re-run after an interruption fetches only missing files.
+    """
     loc = as_hub_path(repo, revision)
     hf = require("huggingface_hub", "hub")
     patterns = [join_in_repo(loc.path, "*"), CARD_NAME] if loc.path else None
-    root = hf.snapshot_download(
-        loc.repo_id,
-        repo_type=REPO_TYPE,
-        revision=loc.revision,
-        local_dir=None if local_dir is None else os.fspath(local_dir),
-        cache_dir=None if cache_dir is None else os.fspath(cache_dir),
-        token=token,
-        allow_patterns=patterns,
+    root = hub_call(
+        str(loc),
+        lambda: hf.snapshot_download(
+            loc.repo_id,
+            repo_type=REPO_TYPE,
+            revision=loc.revision,
+            local_dir=None if local_dir is None else os.fspath(local_dir),
+            cache_dir=None if cache_dir is None else os.fspath(cache_dir),
+            token=token,
+            allow_patterns=patterns,
+        ),
+        retry,
     )
     return os.path.join(root, *loc.path.split("/")) if loc.path else str(root)
