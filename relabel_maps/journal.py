@@ -8,6 +8,9 @@ complete, CRC-valid record of the partial one that the journal describes, and cu
 to that point. A journal whose partial file is gone (a kill between renaming the finished file and
 deleting its journal) is stale and deleted by the next run. :func:`abandon` stops a run even when
 closing its files fails (a full disk): it keeps the resume state or deletes every working file.
+A run holds its output's lock (:mod:`relabel_maps.lock`) from start to end, so that no two runs
+share these files, and publishes shards by :func:`relabel_maps.publish.publish_shards`. A run's
+arguments are checked here and become the file metadata the journal stores (:func:`file_metadata`).
 """
 
 from __future__ import annotations
@@ -17,15 +20,21 @@ import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
+
 from . import format as fmt
-from .errors import WriterError
-from .layout import index_path, shard_files, working_file, working_shard_count
+from ._version import __version__
+from .errors import FormatError, InvalidArgumentError, WriterError
+from .labelmap import SCORE_KINDS
+from .layout import index_path, lock_path, shard_files, working_file, working_shard_count
+from .lock import OutputLock
+from .publish import fsync_dir, publish_shards
 from .reader import Reader
-from .shards import ShardedReader, open_index, write_index
+from .shards import ShardedReader, open_index
 
 __all__ = [
     "JOURNAL_VERSION",
@@ -34,7 +43,9 @@ __all__ = [
     "RunFiles",
     "abandon",
     "as_stored",
+    "check_arguments",
     "comparable_metadata",
+    "file_metadata",
     "fsync_dir",
     "journal_header",
     "recover",
@@ -53,6 +64,65 @@ def as_stored(obj: Any) -> Any:
     return json.loads(_json_line(obj))
 
 
+def check_arguments(num_classes: Any, k: Any, score_kind: str, max_records: Any, max_bytes: Any,
+                    dictionary: Any, level: Any) -> None:
+    """Check a writer's arguments (:class:`InvalidArgumentError`)."""
+    def is_int(v: Any) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if not is_int(num_classes) or not 1 <= num_classes <= fmt.LIMITS.max_num_classes:
+        raise InvalidArgumentError(f"num_classes must be an integer in [1, {fmt.LIMITS.max_num_classes}]")
+    if not is_int(k) or not 1 <= k <= min(fmt.LIMITS.max_k, num_classes):
+        raise InvalidArgumentError(f"k must be an integer in [1, min(255, num_classes)], got {k!r}")
+    if score_kind not in SCORE_KINDS:
+        raise InvalidArgumentError(f"score_kind must be one of {SCORE_KINDS}, got {score_kind!r}")
+    for name, v in (("max_records", max_records), ("max_bytes", max_bytes)):
+        if v is not None and (not is_int(v) or v < 1):
+            raise InvalidArgumentError(f"{name} must be a positive integer or None, got {v!r}")
+    if dictionary not in (False, True, "auto"):
+        raise InvalidArgumentError(f"dictionary must be False, True or 'auto', got {dictionary!r}")
+    if not is_int(level) or not -7 <= level <= 22:
+        raise InvalidArgumentError(f"level must be an integer in [-7, 22], got {level!r}")
+
+
+def file_metadata(num_classes: int, k: int, score_kind: str, encoding: Mapping[str, Any], level: int,
+                  teacher: Mapping[str, Any] | None, class_set: str | None, class_names: Sequence[str] | None,
+                  extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The metadata a writer with these (checked) arguments stores (spec §5); free keys ``extra``."""
+    if class_set is not None and not isinstance(class_set, str):
+        raise InvalidArgumentError("class_set must be a string or None")
+    names = None
+    if class_names is not None:
+        names = list(class_names)
+        if len(names) != num_classes or not all(isinstance(s, str) for s in names):
+            raise InvalidArgumentError(f"class_names must be {num_classes} strings")
+    if teacher is not None and not isinstance(teacher, Mapping):
+        raise InvalidArgumentError("teacher must be a mapping or None")
+    t = {key: None for key in fmt.TEACHER_KEYS}
+    t.update(dict(teacher or {}))
+    meta: dict[str, Any] = {
+        "format_version": fmt.version_string(),
+        "num_classes": num_classes,
+        "k": k,
+        "score_kind": score_kind,
+        "encoding": encoding,
+        "compression": {"codec": "zstd", "level": level, "dictionary": False},
+        "class_set": class_set,
+        "class_names": names,
+        "teacher": t,
+        "tool": {"name": "relabel-maps", "version": __version__},
+    }
+    for key, value in dict(extra or {}).items():
+        if not isinstance(key, str) or not (key == "extra" or ("." in key.strip(".") and key[0] != ".")):
+            raise InvalidArgumentError(f"free metadata key {key!r} must be namespaced ('ns.key') or be 'extra'")
+        meta[key] = value
+    try:
+        fmt.dump_metadata(meta)
+    except FormatError as exc:
+        raise InvalidArgumentError(str(exc)) from None
+    return meta
+
+
 def comparable_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
     """``metadata`` minus ``compression.dictionary``, which depends on training, not on the arguments."""
     meta = dict(metadata)
@@ -67,20 +137,6 @@ def journal_header(config: Mapping[str, Any], dictionary: bytes) -> dict[str, An
         "config": dict(config),
         "dictionary": base64.b64encode(dictionary).decode("ascii"),
     }
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make renames in ``folder`` durable (where the platform allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,27 +182,30 @@ class RunFiles:
             shards = [str(self.folder / n) for n in maps.shard_names] if isinstance(maps, ShardedReader) else []
             return set(maps), shards + [str(final)]
 
-    def publish(self, done: list[Path], *, replace: bool) -> list[str]:
-        """Rename the finished shards ``done`` to their final names and write the index (last);
-        ``replace`` first deletes the shards of an earlier output. Returns the shards, then the index."""
-        if replace:
-            for old in shard_files(self.folder, self.name):
-                old.unlink()
-        paths: list[Path] = []
-        index = index_path(self.folder, self.name)
-        try:
-            for i, path in enumerate(done, start=1):
-                final = self.folder / fmt.shard_name(self.name, i, len(done))
-                os.replace(path, final)
-                paths.append(final)
-            fsync_dir(self.folder)
-            write_index(paths, index)
-        except BaseException:  # no index: the shards go back to their working names
-            for path, final in zip(done, paths, strict=False):
-                with contextlib.suppress(OSError):
-                    os.replace(final, path)
-            raise
-        return [str(p) for p in paths] + [str(index)]
+    def lock(self, output: Path) -> OutputLock:
+        """Take the output's writer lock (creating the folder); :class:`OutputLockedError` when
+        another writer holds it."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return OutputLock(lock_path(self.folder, self.name), output)
+
+    def begin(self, *, resume: bool, overwrite: bool, metadata: Mapping[str, Any]) -> tuple[set[str], list[str]] | None:
+        """Start a run (holding the lock): drop stale journals; with ``resume`` (and not ``overwrite``)
+        return :meth:`finished_run` when the output is complete; refuse an existing output unless
+        ``overwrite`` (:class:`WriterError`)."""
+        self.remove_stale_journals()
+        if resume and not overwrite:
+            finished = self.finished_run(metadata)
+            if finished is not None:
+                return finished
+        existing = self.outputs()
+        if existing and not overwrite:
+            hint = " (the run already finished)" if resume else ""
+            raise WriterError(f"output exists{hint}: {existing[0]}; pass overwrite=True to replace it")
+        return None
+
+    def publish(self, done: list[Path]) -> list[str]:
+        """Publish the finished shards ``done`` (:func:`publish_shards`): the shards, then the index."""
+        return [str(p) for p in publish_shards(self.folder, self.name, done)]
 
     def _working_shards(self) -> range:
         return range(1, 1 + (working_shard_count(self.folder, self.name) if self.sharded else 1))
@@ -183,6 +242,17 @@ class PartialShard:
         if self.journal_path is not None and header is not None:
             self.journal = open(self.journal_path, "wb")
             self.journal.write(_json_line(header))
+
+    def full(self, key: str, rec: bytes, max_records: int | None, max_bytes: int | None, footer: int) -> bool:
+        """Whether appending ``rec`` would pass a rollover limit; ``footer`` is the size of the
+        footer without the index rows and keys."""
+        if max_records is not None and len(self.entries) >= max_records:
+            return True
+        if max_bytes is not None:
+            n = len(self.entries) + 1
+            size = self.pos + len(rec) + footer + n * fmt.INDEX_ROW_SIZE + self.key_bytes + len(key.encode("utf-8"))
+            return size + fmt.TRAILER_SIZE > max_bytes
+        return False
 
     def append(self, key: str, rec: bytes) -> None:
         assert self.file is not None

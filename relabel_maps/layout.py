@@ -1,10 +1,12 @@
 """Which files make up a dataset on disk: their names, and the ``NAME.index.json`` that lists them.
 
 A dataset ``NAME`` is one ``.rlm`` file, or shards ``NAME-00001-of-0000N.rlm`` plus
-``NAME.index.json`` in a folder. While a :class:`relabel_maps.Writer` works it keeps hidden files
-beside them (``.NAME-00003.rlm.partial``, ``.NAME-00003.rlm.journal``, ``.NAME-00003.rlm.done``).
-Multi-part runs (one part per rank) write ``x.part00003of00008.rlm`` and join the parts with one
-combined index. Nothing here opens a ``.rlm`` file.
+``NAME.index.json`` in a folder. A dataset published over an earlier one gets the next generation's
+names, ``NAME-00001-of-0000N.g00002.rlm`` (spec/FORMAT.md §12.1), so that no file an index names ever
+changes. While a :class:`relabel_maps.Writer` works it keeps hidden files beside them
+(``.NAME-00003.rlm.partial``, ``.NAME-00003.rlm.journal``, ``.NAME-00003.rlm.done``) and holds the
+lock file ``.NAME.lock``. Multi-part runs (one part per rank) write ``x.part00003of00008.rlm`` and
+join the parts with one combined index. Nothing here opens a ``.rlm`` file.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -25,7 +28,12 @@ __all__ = [
     "SHARD_ENTRY_RE",
     "dataset_location",
     "index_path",
+    "lock_path",
+    "temp_path",
     "shard_files",
+    "parse_shard_name",
+    "generation_shard_name",
+    "next_generation",
     "working_file",
     "working_shard_count",
     "part_output_path",
@@ -33,6 +41,8 @@ __all__ = [
     "folder_contents",
     "read_index_json",
     "local_dataset_files",
+    "STRUCTURAL_KEYS",
+    "shard_structure",
 ]
 
 INDEX_SUFFIX = ".index.json"
@@ -42,6 +52,10 @@ _MAX_SHARD_BYTES = (1 << 63) - 1
 #: a shard file as listed in an index: a relative ``/``-separated path ending in ``.rlm``, without ``..``
 SHARD_ENTRY_RE = re.compile(r"^(?!/)(?!.*(?:^|/)\.\.(?:/|$))[^\\\x00]+\.rlm$")
 _WORKING_SUFFIXES = (".partial", ".journal", ".done")
+#: a shard file of any generation: ``NAME-IIIII-of-NNNNN.rlm`` (generation 1) or ``NAME-IIIII-of-NNNNN.gGGGGG.rlm``
+_SHARD_RE = re.compile(r"^(?P<name>.+)-(?P<index>[0-9]{5,})-of-(?P<total>[0-9]{5,})(?:\.g(?P<gen>[0-9]{5,}))?\.rlm$")
+#: a part of a multi-part run (:func:`part_output_path`): ``[x.]part00003of00008.rlm``, parts numbered from 0
+_PART_RE = re.compile(r"^(?:(?P<name>.+)\.)?part(?P<index>[0-9]{5,})of(?P<total>[0-9]{5,})\.rlm$")
 
 
 # ------------------------------------------------------------------------------------ names
@@ -75,11 +89,46 @@ def index_path(folder: Path, name: str) -> Path:
     return folder / f"{name}{INDEX_SUFFIX}"
 
 
+def lock_path(folder: Path, name: str) -> Path:
+    """The writer lock file of dataset (or single file) ``name`` in ``folder``: ``.NAME.lock``."""
+    return folder / f".{name}.lock"
+
+
+def temp_path(path: Path) -> Path:
+    """A hidden temporary name for ``path``, unique to this process and call:
+    ``.NAME.<pid>.<random>.tmp`` in the same folder (so renaming it over ``path`` is atomic)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def parse_shard_name(file_name: str) -> tuple[str, int, int, int] | None:
+    """``(NAME, index, total, generation)`` of a shard file name of any generation, else ``None``."""
+    m = _SHARD_RE.match(file_name)
+    if m is None:
+        return None
+    return m.group("name"), int(m.group("index")), int(m.group("total")), int(m.group("gen") or 1)
+
+
+def generation_shard_name(name: str, index: int, total: int, generation: int) -> str:
+    """Shard ``index`` (1-based) of ``total`` of generation ``generation``: generation 1 has the plain
+    name ``NAME-00001-of-00003.rlm``, later ones ``NAME-00001-of-00003.g00002.rlm``."""
+    plain = fmt.shard_name(name, index, total)
+    return plain if generation == 1 else f"{plain[: -len('.rlm')]}.g{generation:05d}.rlm"
+
+
 def shard_files(folder: Path, name: str) -> list[Path]:
-    """The finished shard files ``NAME-0000i-of-0000n.rlm`` of dataset ``name`` in ``folder``, sorted."""
+    """The finished shard files of dataset ``name`` in ``folder``, every generation, sorted by
+    generation, then shard number."""
     if not folder.is_dir():
         return []
-    return sorted(f for f in folder.iterdir() if (m := fmt.SHARD_NAME_RE.match(f.name)) and m.group("name") == name)
+    found = [(parsed, f) for f in folder.iterdir() if (parsed := parse_shard_name(f.name)) and parsed[0] == name]
+    return [f for parsed, f in sorted(found, key=lambda t: (t[0][3], t[0][1], t[1].name))]
+
+
+def next_generation(folder: Path, name: str) -> int:
+    """The generation a new publication of dataset ``name`` takes: 1 when ``folder`` holds no shard of
+    it, else one more than the newest there (so that no published name is ever reused)."""
+    gens = [parsed[3] for f in shard_files(folder, name) if (parsed := parse_shard_name(f.name))]
+    return max(gens) + 1 if gens else 1
 
 
 def working_file(folder: Path, name: str, shard: int | None, suffix: str) -> Path:
@@ -128,6 +177,15 @@ def combined_index_path(out: str | os.PathLike[str]) -> Path:
 
 
 # ------------------------------------------------------------------------------------ index json
+#: the metadata every shard of a dataset shares
+STRUCTURAL_KEYS = ("num_classes", "k", "score_kind", "encoding")
+
+
+def shard_structure(meta: dict[str, Any]) -> tuple[str, ...]:
+    """The :data:`STRUCTURAL_KEYS` of a file's metadata, comparable between shards."""
+    return tuple(json.dumps(meta.get(k), sort_keys=True) for k in STRUCTURAL_KEYS)
+
+
 def read_index_json(data: bytes | str) -> dict[str, Any]:
     """Parse and validate the text of a ``NAME.index.json``."""
     if len(data) > MAX_INDEX_JSON_BYTES:
@@ -194,7 +252,9 @@ def _check_range(file: str, records: int, first: Any, last: Any) -> None:
 # ------------------------------------------------------------------------------------ local files
 def folder_contents(folder: str | os.PathLike[str]) -> tuple[Path | None, list[Path]]:
     """The dataset a folder holds: ``(index, [])`` for its single visible ``*.index.json``, else
-    ``(None, files)`` with every visible ``.rlm`` file, sorted by name."""
+    ``(None, files)`` with its visible ``.rlm`` files when they are unambiguous (spec §12.1): loose
+    files (no shard or part names), or exactly one complete set of shards or parts and nothing else,
+    in set order. :class:`FormatError` otherwise, naming the index that is missing."""
     entries = sorted(p for p in Path(folder).iterdir() if not p.name.startswith("."))
     indices = [p for p in entries if p.name.endswith(INDEX_SUFFIX)]
     if len(indices) > 1:
@@ -204,7 +264,47 @@ def folder_contents(folder: str | os.PathLike[str]) -> tuple[Path | None, list[P
     files = [p for p in entries if p.suffix == ".rlm" and p.is_file()]
     if not files:
         raise FormatError(f"{folder} holds no .rlm files and no {INDEX_SUFFIX}")
-    return None, files
+    return None, _one_complete_set(Path(folder), files)
+
+
+def _one_complete_set(folder: Path, files: list[Path]) -> list[Path]:
+    """``files`` in order when they are loose files or one complete set of shards or parts (a
+    dataset whose index is not written yet is neither)."""
+    sets: dict[tuple[str, str, int, int], dict[int, Path]] = {}
+    loose = []
+    for f in files:
+        shard = parse_shard_name(f.name)
+        part = _PART_RE.match(f.name)
+        if shard is not None:
+            sets.setdefault(("shard", shard[0], shard[3], shard[2]), {})[shard[1]] = f
+        elif part is not None:
+            key = ("part", part.group("name") or folder.name, 1, int(part.group("total")))
+            sets.setdefault(key, {})[int(part.group("index"))] = f
+        else:
+            loose.append(f)
+    if not sets:
+        return files
+    kind, name, _, total = next(iter(sets))
+    names = {n for _, n, _, _ in sets}
+    index = f"{name}{INDEX_SUFFIX}" if len(names) == 1 else "index JSON"
+    if len(sets) > 1 or loose:
+        listed = sorted(names) + [f.name for f in loose]
+        raise FormatError(
+            f"{folder} has no {index} and its .rlm files are not one dataset ({', '.join(listed[:4])}"
+            f"{', ...' if len(listed) > 4 else ''}: several datasets or generations, or one being published); "
+            "open an index"
+        )
+    members = next(iter(sets.values()))
+    first = 1 if kind == "shard" else 0
+    wanted = range(first, first + total)
+    missing = [i for i in wanted if i not in members]
+    if missing or len(members) != total:
+        what = f"{kind} {missing[0]} is missing" if missing else f"{kind} numbers beyond {total}"
+        raise FormatError(
+            f"{folder} has no {index} and holds {len(members)} of the {total} {kind}s of {name!r} "
+            f"({what}): a dataset being published or copied; open {index} once it is written"
+        )
+    return [members[i] for i in sorted(members)]
 
 
 def _index_shard_names(index_path: str) -> list[str]:
@@ -217,7 +317,7 @@ def local_dataset_files(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
     """The files that make up the dataset at ``path``: ``[(name relative to the dataset, local path)]``.
 
     ``path`` is one ``.rlm`` file, an index JSON (then the index comes first, followed by its
-    shards in order), or a folder: its single index JSON, else every ``.rlm`` file in it.
+    shards in order), or a folder: its single index JSON, else its ``.rlm`` files (:func:`folder_contents`).
     """
     path = os.fspath(path)
     if os.path.isdir(path):

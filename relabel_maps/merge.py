@@ -10,16 +10,20 @@ an error unless ``on_duplicate`` is ``"first"`` or ``"last"`` (keep the copy fro
 last input in the order given); a shard that loses records is rewritten through
 :class:`relabel_maps.Writer` with the shard's own settings, copying the kept records' bytes
 (:meth:`Writer.add_raw`, never decoded and re-encoded). An output ending in ``.rlm`` gives one file
-instead, built the same way. Outputs appear atomically: files are built in a hidden
-folder next to the output and moved into place at the end, the index last.
+instead, built the same way. Outputs appear atomically: while holding the output's writer lock
+(:mod:`relabel_maps.lock`), shards are built in a hidden folder of this run's own
+(``.NAME.merge-tmp.<random>`` next to the output) and published by
+:func:`relabel_maps.publish.publish_shards` (the index last, an earlier dataset removed after it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,9 +31,10 @@ from typing import Any
 from . import format as fmt
 from .codecs import codec_from_metadata
 from .errors import InvalidArgumentError, WriterError
-from .layout import dataset_location, index_path, local_dataset_files, shard_files
+from .layout import dataset_location, index_path, local_dataset_files, lock_path, shard_files
+from .lock import OutputLock
+from .publish import publish_shards
 from .reader import Reader
-from .shards import write_index
 from .writer import Writer
 
 __all__ = ["merge", "MergeResult", "ON_DUPLICATE", "COMPATIBLE_KEYS"]
@@ -105,7 +110,7 @@ def merge(
         raise InvalidArgumentError("merge needs at least one input")
     out = Path(output)
     single = out.suffix == ".rlm"
-    if out.exists() and not overwrite and (single or any(out.iterdir())):
+    if out.exists() and not overwrite and (single or any(not p.name.startswith(".") for p in out.iterdir())):
         raise WriterError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     plan = _plan(inputs, on_duplicate)
     if single:
@@ -186,12 +191,15 @@ def _merge_to_folder(
     total = len(order)
     if total == 0:
         raise InvalidArgumentError("the inputs hold no records")
-    tmp = out.parent / f".{name}.merge-tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = OutputLock(lock_path(out, name), out)
+    tmp: Path | None = None
     rewritten = 0
     try:
+        if not overwrite and (index_path(out, name).exists() or shard_files(out, name)):
+            raise WriterError(f"{out} holds dataset {name!r}; pass overwrite=True (--overwrite) to replace it")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.merge-tmp.", dir=out.parent))
         paths = []
         for i, s in enumerate(order, start=1):
             final = tmp / fmt.shard_name(name, i, total)
@@ -205,18 +213,16 @@ def _merge_to_folder(
             if progress is not None:
                 progress(len(plan.keys[s]))
             paths.append(final)
-        index = index_path(out, name)
-        write_index(paths, index_path(tmp, name))
-        out.mkdir(parents=True, exist_ok=True)
-        if overwrite:
-            for old in [*shard_files(out, name), index]:
-                old.unlink(missing_ok=True)
-        moved = []
-        for p in paths:
-            os.replace(p, out / p.name)
-            moved.append(str(out / p.name))
-        os.replace(index_path(tmp, name), index)
+        published = publish_shards(out, name, paths)
+    except BaseException:
+        lock.release()
+        if created:  # nothing was published: the folder this call made goes too
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    lock.release()
     records = sum(len(kept[s]) for s in order)
-    return MergeResult(records, total, plan.duplicates, rewritten, moved + [str(index)])
+    return MergeResult(records, total, plan.duplicates, rewritten, [str(p) for p in published])

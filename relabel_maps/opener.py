@@ -21,7 +21,10 @@ def open(source: Source, *, verify: bool = False, **kwargs: Any) -> LabelMaps:  
     ``source`` is a ``.rlm`` file path, a folder of shards, a ``NAME.index.json``, an
     ``hf://owner/repo[@rev][/subdir]`` URL, or a seekable binary file object holding one file.
     ``verify=True`` checks each record's CRC32 as it is read. Extra keyword arguments go to the
-    ``hf://`` opener.
+    ``hf://`` opener. A folder opens through its index; without one, only loose files or one
+    complete set of shards open (a dataset being published does not). A dataset opened from local
+    files keeps reading the version it opened when it is overwritten, or raises
+    :class:`~relabel_maps.errors.DatasetReplacedError` (spec/FORMAT.md §12.1).
     """
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)

@@ -7,14 +7,16 @@ opened. When it also lists each shard's key range (``first_key``, ``last_key``),
 opens every shard's index on first use. A shard's source is resolved (e.g. downloaded) only when
 the shard is first opened. At most ``max_open`` shard files are open at once (least recently used
 ones are closed).
+
+Across an overwrite (spec/FORMAT.md §12.1) a dataset opened from local files keeps reading the
+generation it opened: the shard files it holds open stay readable (also in forked workers), and when
+it must open a shard file after the index (or, without an index, that shard file) was replaced it
+raises :class:`DatasetReplacedError` instead of reading the other generation's records.
 """
 
 from __future__ import annotations
 
-import bisect
-import hashlib
 import itertools
-import json
 import os
 import threading
 from collections import OrderedDict
@@ -25,13 +27,17 @@ from typing import Any
 import numpy as np
 
 from . import format as fmt
-from .errors import FormatError, InvalidArgumentError, MissingKeyError, RelabelMapsError
+from .errors import DatasetReplacedError, FormatError, InvalidArgumentError, MissingKeyError, RelabelMapsError
+from .keys import KeyRanges, merge_keys
 from .labelmap import LabelMap
-from .layout import INDEX_SUFFIX, MAX_INDEX_JSON_BYTES, SHARD_ENTRY_RE, folder_contents, read_index_json
+from .layout import INDEX_SUFFIX, MAX_INDEX_JSON_BYTES, STRUCTURAL_KEYS, folder_contents, read_index_json
+from .layout import shard_structure as _structure
+from .publish import Unchanged, sha256_file, stamp, write_index
 from .reader import LabelMaps, Problem, Reader, Source
 
 __all__ = [
     "ShardedReader",
+    "Unchanged",
     "folder_contents",
     "from_index",
     "open_folder",
@@ -39,14 +45,8 @@ __all__ = [
     "write_index",
     "read_index_json",
     "INDEX_SUFFIX",
+    "STRUCTURAL_KEYS",
 ]
-
-STRUCTURAL_KEYS = ("num_classes", "k", "score_kind", "encoding")
-
-
-def _structure(meta: Mapping[str, Any]) -> tuple[str, ...]:
-    return tuple(json.dumps(meta.get(k), sort_keys=True) for k in STRUCTURAL_KEYS)
-
 
 class ShardedReader(LabelMaps):
     """Several shard files as one read-only mapping.
@@ -94,18 +94,12 @@ class ShardedReader(LabelMaps):
         self._sha256 = dict(sha256 or {})
         self._open: OrderedDict[int, Reader] = OrderedDict()
         self._lock = threading.Lock()
-        self._lookup: dict[str, int] | None = None
-        self._sorted: list[str] | None = None
         self._checked: set[int] = set()
         self._set_ranges(key_ranges)
 
     def _set_ranges(self, key_ranges: Sequence[tuple[str, str] | None] | None) -> None:
-        """Keep the key ranges, and whether they are sorted and disjoint (binary search)."""
-        self._ranges: list[tuple[str, str] | None] | None = None
-        self._range_shards: list[int] = []  # non-empty shards, for binary search when disjoint
-        self._bounds: list[tuple[str, str]] = []  # their ranges
-        self._range_firsts: list[str] = []
-        self._disjoint = False
+        """Keep the key ranges as key blobs (:class:`KeyRanges`, no object per shard)."""
+        self._ranges: KeyRanges | None = None
         if key_ranges is None:
             return
         ranges = list(key_ranges)
@@ -116,11 +110,32 @@ class ShardedReader(LabelMaps):
                 raise FormatError(f"shard {self._names[s]}: a key range is given exactly for non-empty shards")
             if r is not None and not (isinstance(r[0], str) and isinstance(r[1], str) and r[0] <= r[1]):
                 raise FormatError(f"shard {self._names[s]}: bad key range {r!r}")
-        self._ranges = ranges
-        self._range_shards = [s for s, r in enumerate(ranges) if r is not None]
-        self._bounds = [r for r in ranges if r is not None]
-        self._range_firsts = [first for first, _ in self._bounds]
-        self._disjoint = all(a[1] < b[0] for a, b in itertools.pairwise(self._bounds))
+        self._ranges = KeyRanges(ranges)
+
+    @property
+    def _disjoint(self) -> bool:
+        """Whether the key ranges are disjoint and in dataset order (a key is looked up by bisection)."""
+        return self._ranges is not None and self._ranges.disjoint
+
+    def _key_ranges(self) -> KeyRanges:
+        """The shards' key ranges; when the index lists none, read from every shard (opened once)."""
+        if self._ranges is None:
+            self._set_ranges([self.shard(s).key_range for s in range(len(self._names))])
+        assert self._ranges is not None
+        return self._ranges
+
+    def _shard_keys(self, s: int, chunk: int) -> Iterator[str]:
+        """Shard ``s``'s keys in order, ``chunk`` at a time (the shard is reopened if it was closed)."""
+        for start in range(0, self._counts[s], chunk):
+            yield from self.shard(s).key_slice(start, start + chunk)
+
+    def _keys_of(self, shards: Sequence[int], merge: bool = False) -> Iterator[str]:
+        """The keys of ``shards`` in key order; :class:`FormatError` on a key held by two of them.
+        Unless ``merge``, disjoint key ranges (in dataset order) are trusted: shard after shard."""
+        if not merge and self._key_ranges().disjoint:
+            return itertools.chain.from_iterable(self._shard_keys(s, 1 << 14) for s in shards)
+        chunk = max(64, (1 << 16) // max(1, len(shards)))
+        return merge_keys([self._shard_keys(s, chunk) for s in shards], [self._names[s] for s in shards])
 
     # ------------------------------------------------------------------------------ shards
     @property
@@ -134,7 +149,7 @@ class ShardedReader(LabelMaps):
             if r is not None and not r.closed:
                 self._open.move_to_end(s)
                 return r
-        r = Reader(self._source(s), verify=self._verify)
+        r = self._open_reader(s)
         try:
             if s not in self._checked:
                 if len(r) != self._counts[s]:
@@ -160,6 +175,38 @@ class ShardedReader(LabelMaps):
                 old.close()
         return r
 
+    #: checks that the local files the dataset was opened from are unchanged (set by the openers)
+    _unchanged: Unchanged | None = None
+
+    def _open_reader(self, s: int) -> Reader:
+        """Open shard ``s``'s file; :class:`DatasetReplacedError` instead when the dataset was replaced
+        on disk since it was opened (the file may then hold another generation's records)."""
+        src = self._source(s)
+        path = os.fspath(src) if isinstance(src, (str, os.PathLike)) else None
+        try:
+            r = Reader(src, verify=self._verify)
+        except FileNotFoundError:
+            if self._unchanged is not None and path is not None:
+                self._unchanged(path)
+            raise
+        try:
+            if self._unchanged is not None and path is not None:
+                self._unchanged(path)  # after opening: a name is reused only once the index changed
+        except BaseException:
+            r.close()
+            raise
+        return r
+
+    def _missing(self, s: int) -> str:
+        """Why shard ``s``'s file is missing: the dataset was replaced since it was opened, or not."""
+        src = self._sources[s]
+        if self._unchanged is not None and isinstance(src, (str, os.PathLike)):
+            try:
+                self._unchanged(os.fspath(src))
+            except DatasetReplacedError as exc:
+                return str(exc)
+        return "cannot read the shard file: it is missing"
+
     def _source(self, s: int) -> Source:
         src = self._sources[s]
         if src is None:
@@ -179,48 +226,21 @@ class ShardedReader(LabelMaps):
         s = int(np.searchsorted(self._ends, pos, side="right"))
         return s, pos - self._start(s)
 
-    def _build_lookup(self, shards: Sequence[int]) -> dict[str, int]:
-        """Key -> dataset position over ``shards``; :class:`FormatError` on a key held twice."""
-        lookup: dict[str, int] = {}
-        for s in shards:
-            base = self._start(s)
-            for j, key in enumerate(self.shard(s)):
-                if lookup.setdefault(key, base + j) != base + j:
-                    raise FormatError(f"key {key!r} appears in more than one shard ({self._names[s]})")
-        return lookup
-
-    def _index(self) -> dict[str, int]:
-        if self._lookup is None:
-            self._lookup = self._build_lookup(range(len(self._names)))
-        return self._lookup
-
-    def _candidates(self, key: str) -> list[int]:
-        """Shards whose key range holds ``key`` (code-point order of ``str`` = UTF-8 byte order)."""
-        if self._disjoint:
-            c = bisect.bisect_right(self._range_firsts, key) - 1
-            return [self._range_shards[c]] if c >= 0 and key <= self._bounds[c][1] else []
-        return [s for s, (first, last) in zip(self._range_shards, self._bounds, strict=True) if first <= key <= last]
-
     def _find(self, key: object) -> tuple[int, int] | None:
         """``(shard, position in the shard)`` of ``key``, or ``None``."""
         if not isinstance(key, str):  # keys are strings
             return None
-        if self._lookup is None and self._ranges is not None:
-            found = None
-            for s in self._candidates(key):  # disjoint ranges: at most one; else every candidate,
-                j = self.shard(s).position_of(key)  # so that a key held twice is still rejected
-                if j is not None:
-                    if found is not None:
-                        raise FormatError(f"key {key!r} appears in more than one shard ({self._names[s]})")
-                    found = s, j
-            return found
-        pos = self._index().get(key)
-        return None if pos is None else self._locate(pos)
+        found = None
+        for s in self._key_ranges().candidates(key):  # disjoint ranges: at most one; else every
+            j = self.shard(s).position_of(key)  # candidate, so that a key held twice is still rejected
+            if j is not None:
+                if found is not None:
+                    raise FormatError(f"key {key!r} appears in more than one shard ({self._names[s]})")
+                found = s, j
+        return found
 
     def __iter__(self) -> Iterator[str]:
-        if self._sorted is None:
-            self._sorted = sorted(self._index())
-        return iter(self._sorted)
+        return self._keys_of([s for s, count in enumerate(self._counts) if count])
 
     def __contains__(self, key: object) -> bool:
         return self._find(key) is not None
@@ -232,8 +252,13 @@ class ShardedReader(LabelMaps):
         return found
 
     def __getitem__(self, key: str) -> LabelMap:
-        s, j = self._where(key)
-        return self.shard(s).at(j)[1]
+        only = self._key_ranges().candidates(key) if isinstance(key, str) else []
+        if len(only) == 1:  # one shard may hold it: its reader looks the key up once
+            try:
+                return self.shard(only[0])[key]
+            except MissingKeyError:
+                raise MissingKeyError(f"key {key!r} not found in the dataset") from None
+        return self.shard(self._where(key)[0])[key]
 
     def read_record(self, key: str) -> bytes:
         """Stored bytes of record ``key`` (see :meth:`Reader.read_record`); the frame uses
@@ -266,7 +291,7 @@ class ShardedReader(LabelMaps):
             try:
                 expected = self._sha256.get(name)
                 src = self._source(s)
-                replaced = bool(expected) and isinstance(src, (str, os.PathLike)) and _sha256_file(src) != expected
+                replaced = bool(expected) and isinstance(src, (str, os.PathLike)) and sha256_file(src) != expected
                 if replaced:  # still checked, but its keys are not the ones the index describes
                     problems.append(Problem(name, "SHA-256 differs from the one in the index"))
                 with Reader(src) as alone:
@@ -277,15 +302,14 @@ class ShardedReader(LabelMaps):
             except RelabelMapsError as exc:
                 problems.append(Problem(name, str(exc)))
             except FileNotFoundError:
-                problems.append(Problem(name, "cannot read the shard file: it is missing"))
+                problems.append(Problem(name, self._missing(s)))
             except OSError as exc:  # unreadable, or failed to download
                 problems.append(Problem(name, f"cannot read the shard file: {exc}"))
             if progress is not None:
                 progress(1)
         try:
-            lookup = self._build_lookup(members)
-            if len(members) == len(self._names):
-                self._lookup = lookup
+            for _ in self._keys_of(members, merge=True):  # no key held by two shards
+                pass
         except RelabelMapsError as exc:
             problems.append(Problem("", str(exc)))
         return problems
@@ -319,14 +343,6 @@ class ShardedReader(LabelMaps):
 
 
 # ---------------------------------------------------------------------------------- index json
-def _sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def from_index(
     index: Mapping[str, Any], resolve: Callable[[str], Source], *, verify: bool = False, max_open: int = 64
 ) -> ShardedReader:
@@ -350,77 +366,45 @@ def from_index(
 def open_index(path: str | os.PathLike[str], *, verify: bool = False) -> ShardedReader:
     """Open the dataset described by a ``NAME.index.json`` (shard paths are relative to it)."""
     p = Path(path)
-    if p.stat().st_size > MAX_INDEX_JSON_BYTES:
-        raise FormatError(f"{p} is too large for a shard index")
-    index = read_index_json(p.read_bytes())
+    with open(p, "rb") as fh:  # read once: its stamp and text come from the same file
+        st = os.fstat(fh.fileno())
+        if st.st_size > MAX_INDEX_JSON_BYTES:
+            raise FormatError(f"{p} is too large for a shard index")
+        data = fh.read(MAX_INDEX_JSON_BYTES + 1)
+    index = read_index_json(data)
     folder = p.parent
-    return from_index(index, lambda f: str(folder / f), verify=verify)
+    maps = from_index(index, lambda f: str(folder / f), verify=verify)
+    maps._unchanged = Unchanged((str(p), stamp(st)), {})
+    return maps
 
 
 def open_folder(path: str | os.PathLike[str], *, verify: bool = False) -> LabelMaps:
-    """Open a folder: its single ``*.index.json``, or else every ``*.rlm`` in it (sorted by name)."""
+    """Open a folder: its single ``*.index.json``, or else its ``.rlm`` files when they are one
+    complete set or loose files (:func:`relabel_maps.layout.folder_contents`)."""
     folder = Path(path)
     index, files = folder_contents(folder)
     if index is not None:
         return open_index(index, verify=verify)
     shards = []
     ranges: list[tuple[str, str] | None] = []
+    stamps = {}
     metadata: dict[str, Any] | None = None
     for f in files:
-        with Reader(f) as r:
+        try:
+            before = stamp(f.stat())
+            r = Reader(f)
+        except FileNotFoundError:
+            raise DatasetReplacedError(f"{f} was deleted while {folder} was being opened") from None
+        with r:
             if metadata is None:
                 metadata = r.metadata
             elif _structure(r.metadata) != _structure(metadata):
                 raise FormatError(f"{f.name} differs from {files[0].name} in num_classes/k/score_kind/encoding")
             shards.append((f.name, str(f), len(r)))
             ranges.append(r.key_range)
+        stamps[str(f)] = before
+        Unchanged(None, {str(f): before})(str(f))  # not replaced while it was read
     assert metadata is not None
-    return ShardedReader(shards, metadata, verify=verify, key_ranges=ranges)
-
-
-def write_index(
-    paths: Sequence[str | os.PathLike[str]], out_path: str | os.PathLike[str], *, sha256: bool = True
-) -> dict[str, Any]:
-    """Write (atomically) ``out_path`` = ``NAME.index.json`` for shard files ``paths`` (in order).
-
-    Every shard must lie in the index's folder or below and share num_classes, k, score_kind and
-    encoding; the index's ``metadata`` is the first shard's. Each non-empty shard's entry lists its
-    smallest and largest key (``first_key``, ``last_key``). Returns the index object.
-    """
-    out = Path(out_path)
-    if not out.name.endswith(INDEX_SUFFIX):
-        raise InvalidArgumentError(f"an index file name ends in {INDEX_SUFFIX}: {out}")
-    folder = out.parent.resolve()
-    entries = []
-    metadata: dict[str, Any] | None = None
-    for p in map(Path, paths):
-        rel = os.path.relpath(p.resolve(), folder).replace(os.sep, "/")
-        if not SHARD_ENTRY_RE.match(rel):
-            raise InvalidArgumentError(f"shard {p} must be a .rlm file inside {folder}")
-        with Reader(p) as r:
-            if metadata is None:
-                metadata = r.metadata
-            elif _structure(r.metadata) != _structure(metadata):
-                raise FormatError(f"{p.name} differs from the first shard in num_classes/k/score_kind/encoding")
-            entry: dict[str, Any] = {"file": rel, "records": len(r), "bytes": p.stat().st_size}
-            if r.key_range is not None:
-                entry["first_key"], entry["last_key"] = r.key_range
-        if sha256:
-            entry["sha256"] = _sha256_file(p)
-        entries.append(entry)
-    if metadata is None:
-        raise InvalidArgumentError("write_index needs at least one shard")
-    index = {
-        "format_version": fmt.version_string(),
-        "records": sum(e["records"] for e in entries),
-        "shards": entries,
-        "metadata": metadata,
-    }
-    text = json.dumps(index, sort_keys=True, ensure_ascii=False, indent=1) + "\n"
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
-    return index
+    maps = ShardedReader(shards, metadata, verify=verify, key_ranges=ranges)
+    maps._unchanged = Unchanged(None, stamps)
+    return maps

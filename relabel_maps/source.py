@@ -1,11 +1,12 @@
 """Where a file's bytes come from: positional reads from a path (mmap), an OS file (``pread``) or any
 seekable binary file object; never corrupted by ``fork``.
 
-After ``fork`` a path is mapped again, a callable is called again for a fresh file object, an OS file
-is read with ``pread`` (its shared file position is never used) and an ``io.BytesIO`` is the child's
-own copy. Any other file object may share a file position with the parent
-(a wrapper around an OS file that hides ``fileno``, a network connection), so reading it in a forked
-child raises :class:`InvalidArgumentError` naming the remedy: a callable that opens it.
+After ``fork`` a path's mapping is read as inherited (the parent's file, even if the path was
+replaced since), a callable is called again for a fresh file object, an OS file is read with
+``pread`` (its shared file position is never used) and an ``io.BytesIO`` is the child's own copy.
+Any other file object may share a file position with the parent (a wrapper around an OS file that
+hides ``fileno``, a network connection), so reading it in a forked child raises
+:class:`InvalidArgumentError` naming the remedy: a callable that opens it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import BinaryIO, Union, cast
 
-from .errors import InvalidArgumentError
+from .errors import DatasetReplacedError, InvalidArgumentError
 
 __all__ = ["Source", "ByteSource"]
 
@@ -51,6 +52,7 @@ class ByteSource:
             raise InvalidArgumentError(f"cannot read label maps from {type(source).__name__}")
         self.name = self._path or getattr(source, "name", None) or type(source).__name__
         self._open()
+        self._identity = (self.size, _file_id(self._fd))  # what a factory must open again after fork
 
     def _open(self) -> None:
         self._pid = os.getpid()
@@ -78,23 +80,27 @@ class ByteSource:
         self._fd = _positional_fd(f, self.size)
 
     def check_fork(self) -> None:
-        """Reopen what a forked child cannot share (the mapping, a factory's file object); refuse a
-        file object that may share its file position with the parent."""
+        """Reopen what a forked child cannot share (a factory's file object); refuse a file object
+        that may share its file position with the parent. A path's mapping is kept: it shows the
+        file the parent opened even when the path now names another (an overwrite)."""
         if self._pid != os.getpid():
-            if self._path is not None:
-                if self._mm is not None:  # the inherited mapping: unmapped in this process only
-                    self._mm.close()
-                self._open()
-            elif self._factory is not None:
+            if self._factory is not None:
                 self._file = None
                 self._open()
-            elif self._fd is None and not isinstance(self._file, _PER_PROCESS):
+                if (self.size, _file_id(self._fd)) != self._identity:
+                    self.close()
+                    self._pid = -1  # refused again on every use in this process
+                    raise DatasetReplacedError(
+                        f"{self.name}: the callable opened another file in this forked process than in the "
+                        "parent (was the file replaced?); open the dataset again"
+                    )
+            elif self._path is None and self._fd is None and not isinstance(self._file, _PER_PROCESS):
                 raise InvalidArgumentError(
                     f"{self.name}: this file object cannot be read in a forked process: it has no file "
                     "descriptor for positional reads and may share its file position with the parent; "
                     "open a path, or pass a callable that returns the file object (called again after fork)"
                 )
-            else:  # pread on an OS file, or the child's own copy of an in-memory object
+            else:  # the inherited mapping, pread on an OS file, or the child's own copy of an in-memory object
                 self._pid = os.getpid()
                 self._lock = threading.Lock()
 
@@ -134,6 +140,14 @@ class ByteSource:
     def path(self) -> str | None:
         """The file's path when it was opened from one."""
         return self._path
+
+
+def _file_id(fd: int | None) -> tuple[int, int] | None:
+    """Device and inode of an OS file (``None`` without one)."""
+    if fd is None:
+        return None
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
 
 
 def _positional_fd(f: BinaryIO, size: int) -> int | None:

@@ -2,10 +2,12 @@
 
 Records are appended to a hidden partial file next to the output as they are added; closing the
 writer appends the footer (metadata, dictionary, index, trailer), fsyncs, and renames the file into
-place, so readers never see a half-written output. With ``resume=True`` every record is also logged
-in a small journal; after a crash (even ``kill -9``) a new writer with the same arguments recovers
-every complete, CRC-valid record and continues. The same sequence of ``add`` calls always yields
-the same bytes.
+place, so readers never see a half-written output; shards are published with the index last
+(:mod:`relabel_maps.publish`). A writer holds its output's lock from construction to ``close()`` or
+``abort()``: a second writer of the same output raises :class:`OutputLockedError`. With
+``resume=True`` every record is also logged in a small journal; after a crash (even ``kill -9``) a
+new writer with the same arguments recovers every complete, CRC-valid record and continues. The
+same sequence of ``add`` calls always yields the same bytes.
 """
 
 from __future__ import annotations
@@ -15,16 +17,24 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from . import format as fmt
-from ._version import __version__
 from .codecs import Codec, get_codec
 from .dictionary import DICT_SAMPLES, DICT_SIZE, train_dictionary
 from .errors import CorruptRecordError, FormatError, InvalidArgumentError, InvalidLabelMapError, WriterError
-from .journal import PartialShard, RunFiles, abandon, as_stored, comparable_metadata, journal_header, recover
-from .labelmap import SCORE_KINDS, LabelMap
+from .journal import (
+    PartialShard,
+    RunFiles,
+    abandon,
+    as_stored,
+    check_arguments,
+    comparable_metadata,
+    file_metadata,
+    journal_header,
+    recover,
+)
+from .labelmap import LabelMap
 from .layout import dataset_location, is_sharded
+from .lock import OutputLock
 from .records import RecordDecoder, RecordEncoder
 
 __all__ = ["Writer", "DICT_SAMPLES", "DICT_SIZE"]
@@ -61,9 +71,10 @@ class Writer:
         max_records / max_bytes: shard rollover limits (records per shard; approximate bytes).
         dictionary: ``False``; ``True`` trains a zstd dictionary on the first records and keeps it
             when it makes them smaller; ``"auto"`` keeps it only when it pays for its own size.
-        level: zstd compression level.
+        level: zstd compression level (default 3: spec/ENCODINGS.md, "Compression level").
         resume: journal every record and continue an interrupted run with the same arguments.
-        overwrite: replace existing outputs (refused otherwise).
+        overwrite: replace existing outputs (refused otherwise); readers see the old dataset until
+            the new one is complete.
 
     Resume: ``flush()`` makes every record added so far durable (fsynced record bytes and journal
     lines); after a crash, ``Writer(same path, same arguments, resume=True)`` recovers every
@@ -91,13 +102,13 @@ class Writer:
         max_records: int | None = None,
         max_bytes: int | None = None,
         dictionary: bool | str = False,
-        level: int = 19,
+        level: int = 3,
         resume: bool = False,
         overwrite: bool = False,
     ) -> None:
         self._closed = True  # until fully constructed
         self._complete = False
-        self._validate_args(num_classes, k, score_kind, max_records, max_bytes, dictionary, level)
+        check_arguments(num_classes, k, score_kind, max_records, max_bytes, dictionary, level)
         self.num_classes, self.k, self.score_kind = int(num_classes), int(k), score_kind
         self.max_records, self.max_bytes = max_records, max_bytes
         self.level = int(level)
@@ -105,15 +116,14 @@ class Writer:
         self.resume, self.overwrite = bool(resume), bool(overwrite)
         self.codec = get_codec(encoding) if encoding is not None else _default_codec(score_kind)
         self._encoder = RecordEncoder(codec=self.codec, num_classes=self.num_classes, k=self.k, level=self.level)
-        self._metadata = self._build_metadata(teacher, class_set, class_names, metadata)
+        self._metadata = file_metadata(self.num_classes, self.k, self.score_kind, self.codec.spec, self.level,
+                                       teacher, class_set, class_names, metadata)
 
         p = Path(path)
         self.sharded = is_sharded(p, max_records=max_records, max_bytes=max_bytes)
         self.folder, self.name = dataset_location(path, sharded=self.sharded)
         self.path = p
         self._files = RunFiles(self.folder, self.name, self.sharded)
-        self._files.remove_stale_journals()
-
         self._keys: set[str] = set()
         self._done: list[tuple[Path, int]] = []  # finished shards: (file, records)
         self._shard: PartialShard | None = None
@@ -122,93 +132,29 @@ class Writer:
         self._written: list[str] = []
         self._raw_decoders: dict[bytes, RecordDecoder] = {}  # source dictionary -> decoder (add_raw)
 
-        if self.resume and not self.overwrite and self._adopt_finished():
-            return  # a finished run: nothing to add, close() returns its paths
-        self._check_outputs()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        if self.resume:
-            state = recover(self._files, as_stored(self._config()), self._dict)
-            self._done, self._keys, self._dict, self._shard = state.done, state.keys, state.dictionary, state.shard
-        else:
-            self._files.remove_stale()
-        if self._dict is not None:
-            self._start_compressor()
+        self._lock: OutputLock = self._files.lock(p)  # OutputLockedError: another writer has this output
+        try:
+            finished = self._files.begin(resume=self.resume, overwrite=self.overwrite,
+                                         metadata=as_stored(self._config()["metadata"]))
+            if finished is not None:  # a finished run: nothing to add, close() returns its paths
+                self._keys, self._written = finished
+                self._complete = True
+                self._lock.release()
+                return
+            if self.resume:
+                state = recover(self._files, as_stored(self._config()), self._dict)
+                self._done, self._keys, self._dict, self._shard = state.done, state.keys, state.dictionary, state.shard
+            else:
+                self._files.remove_stale()
+            if self._dict is not None:
+                self._start_compressor()
+        except BaseException:
+            self._lock.release()
+            raise
         self._closed = False
 
     # ------------------------------------------------------------------------------ arguments
-    @staticmethod
-    def _validate_args(num_classes: Any, k: Any, score_kind: str, max_records: Any, max_bytes: Any,
-                       dictionary: Any, level: Any) -> None:
-        def is_int(v: Any) -> bool:
-            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-        if not is_int(num_classes) or not 1 <= num_classes <= fmt.LIMITS.max_num_classes:
-            raise InvalidArgumentError(f"num_classes must be an integer in [1, {fmt.LIMITS.max_num_classes}]")
-        if not is_int(k) or not 1 <= k <= min(fmt.LIMITS.max_k, num_classes):
-            raise InvalidArgumentError(f"k must be an integer in [1, min(255, num_classes)], got {k!r}")
-        if score_kind not in SCORE_KINDS:
-            raise InvalidArgumentError(f"score_kind must be one of {SCORE_KINDS}, got {score_kind!r}")
-        for name, v in (("max_records", max_records), ("max_bytes", max_bytes)):
-            if v is not None and (not is_int(v) or v < 1):
-                raise InvalidArgumentError(f"{name} must be a positive integer or None, got {v!r}")
-        if dictionary not in (False, True, "auto"):
-            raise InvalidArgumentError(f"dictionary must be False, True or 'auto', got {dictionary!r}")
-        if not is_int(level) or not -7 <= level <= 22:
-            raise InvalidArgumentError(f"level must be an integer in [-7, 22], got {level!r}")
-
-    def _build_metadata(self, teacher: Mapping[str, Any] | None, class_set: str | None,
-                        class_names: Sequence[str] | None, extra: Mapping[str, Any] | None) -> dict[str, Any]:
-        if class_set is not None and not isinstance(class_set, str):
-            raise InvalidArgumentError("class_set must be a string or None")
-        names = None
-        if class_names is not None:
-            names = list(class_names)
-            if len(names) != self.num_classes or not all(isinstance(s, str) for s in names):
-                raise InvalidArgumentError(f"class_names must be {self.num_classes} strings")
-        if teacher is not None and not isinstance(teacher, Mapping):
-            raise InvalidArgumentError("teacher must be a mapping or None")
-        t = {key: None for key in fmt.TEACHER_KEYS}
-        t.update(dict(teacher or {}))
-        meta: dict[str, Any] = {
-            "format_version": fmt.version_string(),
-            "num_classes": self.num_classes,
-            "k": self.k,
-            "score_kind": self.score_kind,
-            "encoding": self.codec.spec,
-            "compression": {"codec": "zstd", "level": self.level, "dictionary": False},
-            "class_set": class_set,
-            "class_names": names,
-            "teacher": t,
-            "tool": {"name": "relabel-maps", "version": __version__},
-        }
-        for key, value in dict(extra or {}).items():
-            if not isinstance(key, str) or not (key == "extra" or ("." in key.strip(".") and key[0] != ".")):
-                raise InvalidArgumentError(
-                    f"free metadata key {key!r} must be namespaced ('ns.key') or be 'extra'"
-                )
-            meta[key] = value
-        try:
-            fmt.dump_metadata(meta)
-        except FormatError as exc:
-            raise InvalidArgumentError(str(exc)) from None
-        return meta
-
     # ------------------------------------------------------------------------------ outputs
-    def _check_outputs(self) -> None:
-        existing = self._files.outputs()
-        if existing and not self.overwrite:
-            hint = " (the run already finished)" if self.resume else ""
-            raise WriterError(f"output exists{hint}: {existing[0]}; pass overwrite=True to replace it")
-
-    def _adopt_finished(self) -> bool:
-        """With ``resume``: if the output is already complete, take its keys and stay closed."""
-        finished = self._files.finished_run(as_stored(self._config()["metadata"]))
-        if finished is None:
-            return False
-        self._keys, self._written = finished
-        self._complete = True
-        return True
-
     def _config(self) -> dict[str, Any]:
         """The arguments a resumed run must repeat."""
         return {
@@ -259,6 +205,27 @@ class Writer:
                 f"the writer stores {self.num_classes}, {self.score_kind!r}"
             )
         self.add(key, labelmap.indices, labelmap.scores, lse=labelmap.lse, counts=labelmap.counts)
+
+    def add_many(self, keys: Sequence[str], indices: Any, scores: Any, *, lse: Any = None, counts: Any = None) -> None:
+        """Add ``len(keys)`` label maps of one shape: ``indices``/``scores`` stacked ``(N, k', H, W)``,
+        ``lse``/``counts`` ``(N, H, W)``. The same bytes as :meth:`add` of each in turn, encoded with a
+        few numpy calls per batch and compressed on several threads. All or nothing: when a key or a
+        map is refused, none of the batch is added."""
+        keys, seen = list(keys), set()
+        for key in keys:
+            self._check_key(key)
+            if key in seen:
+                raise WriterError(f"duplicate key {key!r}")
+            seen.add(key)
+        if self._dict is None:  # the dictionary is trained on the first bodies: hold them as add() does
+            batch = self._encoder.encode_many(keys, indices, scores, counts=counts, lse=lse)
+            for key, body in zip(keys, batch.bodies, strict=True):
+                self._store(key, batch.header, body)
+            return
+        records = self._encoder.records_many(keys, indices, scores, counts=counts, lse=lse)
+        self._keys.update(keys)
+        for key, rec in zip(keys, records, strict=True):
+            self._write(key, rec)
 
     def add_raw(self, key: str, record: bytes, *, dictionary: bytes = b"", crc32: int | None = None) -> None:
         """Add a stored record as read by :meth:`Reader.read_record` (record header + zstd frame)
@@ -345,7 +312,8 @@ class Writer:
 
     def _write(self, key: str, rec: bytes) -> None:
         shard = self._shard
-        if shard is not None and shard.entries and self._full(shard, key, rec):
+        footer = len(self._metadata_bytes) + len(self._dict or b"")
+        if shard is not None and shard.entries and shard.full(key, rec, self.max_records, self.max_bytes, footer):
             self._finish_shard()
             shard = None
         if shard is None:
@@ -359,16 +327,6 @@ class Writer:
         shard.create(journal_header(self._config(), self._dict or b"") if self.resume else None)
         self._shard = shard
         return shard
-
-    def _full(self, shard: PartialShard, key: str, rec: bytes) -> bool:
-        if self.max_records is not None and len(shard.entries) >= self.max_records:
-            return True
-        if self.max_bytes is not None:
-            n = len(shard.entries) + 1
-            footer = len(self._metadata_bytes) + len(self._dict or b"") + n * fmt.INDEX_ROW_SIZE
-            footer += shard.key_bytes + len(key.encode("utf-8")) + fmt.TRAILER_SIZE
-            return shard.pos + len(rec) + footer > self.max_bytes
-        return False
 
     def _finish_shard(self) -> None:
         shard = self._shard
@@ -405,17 +363,14 @@ class Writer:
                 self._open_shard()
             if self._shard is not None:
                 self._finish_shard()
-            self._written = self._publish()
+            done = [path for path, _ in self._done]
+            self._written = self._files.publish(done) if self.sharded else [str(self._files.single_file)]
         except BaseException:
             self.abort()
             raise
         self._closed = True
+        self._lock.release()
         return list(self._written)
-
-    def _publish(self) -> list[str]:
-        if not self.sharded:
-            return [str(self._files.single_file)]
-        return self._files.publish([done for done, _ in self._done], replace=self.overwrite)
 
     def abort(self) -> None:
         """Stop without finalizing, also when the disk is full. Without ``resume`` every file the
@@ -428,8 +383,11 @@ class Writer:
             if self.resume and self._dict is None and self._pending:
                 self._train_dictionary()
         finally:
-            abandon(self._shard, [done for done, _ in self._done], keep=self.resume)
-            self._shard = None
+            try:
+                abandon(self._shard, [done for done, _ in self._done], keep=self.resume)
+            finally:
+                self._shard = None
+                self._lock.release()
 
     def __enter__(self) -> Writer:
         return self

@@ -3,8 +3,11 @@
 Every input must either read cleanly or raise a ``RelabelMapsError`` subclass -- never another
 exception, never a hang. Half of the mutated files get their section and trailer CRCs recomputed so
 that mutations reach the index, metadata and record decoders instead of stopping at a checksum.
+``--memory`` measures each case's peak of traced memory (``tracemalloc``: Python objects, numpy
+arrays, decompressed frames); the run also reports how much the process's peak RSS grew, which
+covers untraced native allocations too.
 
-    python tests/fuzz_reader.py --iterations 100000 --seed 1
+    python tests/fuzz_reader.py --iterations 100000 --seed 1 --memory
 """
 
 from __future__ import annotations
@@ -13,10 +16,13 @@ import argparse
 import collections
 import io
 import json
+import resource
 import struct
 import sys
 import tempfile
 import time
+import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -280,49 +286,100 @@ def exercise(data: bytes) -> str:
         return type(exc).__name__
 
 
-def run(iterations: int, seed: int, pool: list[bytes] | None = None) -> tuple[collections.Counter, float]:
-    """Run ``iterations`` cases; returns outcome counts and the slowest case's seconds."""
+class FuzzStats:
+    """What a fuzz run found: outcome counts, the slowest case and (with ``memory``) the largest
+    per-case peak of traced memory, each with its iteration number."""
+
+    def __init__(self) -> None:
+        self.outcomes: collections.Counter = collections.Counter()
+        self.slowest_s, self.slowest_case = 0.0, -1
+        self.peak_bytes, self.peak_case = 0, -1
+        self.rss_growth_bytes = 0
+
+    def __repr__(self) -> str:
+        return f"FuzzStats({vars(self)})"
+
+    def record(self, it: int, seconds: float, peak: int) -> None:
+        if seconds > self.slowest_s:
+            self.slowest_s, self.slowest_case = seconds, it
+        if peak > self.peak_bytes:
+            self.peak_bytes, self.peak_case = peak, it
+
+
+def _max_rss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024  # kilobytes on Linux
+
+
+def _measure(case: Callable[[], str], memory: bool) -> tuple[str, float, int]:
+    """``(outcome, seconds, peak traced bytes)`` of one case (peak 0 without ``memory``)."""
+    if memory:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+    t0 = time.perf_counter()
+    outcome = case()
+    seconds = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1] - base if memory else 0
+    return outcome, seconds, peak
+
+
+def run(iterations: int, seed: int, pool: list[bytes] | None = None, *, memory: bool = False) -> FuzzStats:
+    """Run ``iterations`` cases (``memory``: measure each case's peak of traced memory)."""
     pool = pool or base_files(seed)
     index, shard_files = base_index(seed)
     rng = np.random.default_rng(seed)
-    outcomes: collections.Counter = collections.Counter()
-    slowest = 0.0
-    for it in range(iterations):
-        if rng.random() < 0.05:  # a mutated shard index instead of a mutated file
-            text = mutate_index(index, rng)
-            t0 = time.perf_counter()
-            try:
-                outcomes[exercise_index(text, shard_files)] += 1
-            except Exception as exc:
-                raise AssertionError(f"iteration {it} (seed {seed}), index {text[:300]!r}: {exc!r}") from exc
-            slowest = max(slowest, time.perf_counter() - t0)
-            continue
-        data = pool[int(rng.integers(0, len(pool)))]
-        for _ in range(int(rng.integers(1, 4))):
-            data = mutate(data, rng, pool)
-        if rng.random() < 0.5:
-            data = refresh_crcs(data)
-        t0 = time.perf_counter()
-        try:
-            outcomes[exercise(data)] += 1
-        except Exception as exc:
-            raise AssertionError(f"iteration {it} (seed {seed}): {type(exc).__name__}: {exc}") from exc
-        slowest = max(slowest, time.perf_counter() - t0)
-    return outcomes, slowest
+    stats = FuzzStats()
+    rss0 = _max_rss_bytes()
+    if memory:
+        tracemalloc.start()
+    try:
+        for it in range(iterations):
+            if rng.random() < 0.05:  # a mutated shard index instead of a mutated file
+                text = mutate_index(index, rng)
+                try:
+                    outcome, seconds, peak = _measure(lambda t=text: exercise_index(t, shard_files), memory)
+                except Exception as exc:
+                    raise AssertionError(f"iteration {it} (seed {seed}), index {text[:300]!r}: {exc!r}") from exc
+            else:
+                data = pool[int(rng.integers(0, len(pool)))]
+                for _ in range(int(rng.integers(1, 4))):
+                    data = mutate(data, rng, pool)
+                if rng.random() < 0.5:
+                    data = refresh_crcs(data)
+                try:
+                    outcome, seconds, peak = _measure(lambda d=data: exercise(d), memory)
+                except Exception as exc:
+                    raise AssertionError(f"iteration {it} (seed {seed}): {type(exc).__name__}: {exc}") from exc
+            stats.outcomes[outcome] += 1
+            stats.record(it, seconds, peak)
+    finally:
+        if memory:
+            tracemalloc.stop()
+    stats.rss_growth_bytes = _max_rss_bytes() - rss0
+    return stats
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iterations", type=int, default=20000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--memory", action="store_true", help="measure each case's peak of traced memory (slower)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    outcomes, slowest = run(args.iterations, args.seed)
+    stats = run(args.iterations, args.seed, memory=args.memory)
     dt = time.perf_counter() - t0
-    print(f"{args.iterations} cases in {dt:.1f} s ({args.iterations / dt:.0f}/s), slowest case {slowest * 1e3:.1f} ms")
-    for name, count in outcomes.most_common():
+    print(f"{args.iterations} cases (seed {args.seed}) in {dt:.1f} s ({args.iterations / dt:.0f}/s); slowest case "
+          f"{stats.slowest_s * 1e3:.1f} ms (iteration {stats.slowest_case})")
+    if args.memory:
+        print(f"largest peak of traced memory in one case: {stats.peak_bytes / 2**20:.2f} MiB "
+              f"(iteration {stats.peak_case})")
+    print(f"peak RSS of the process grew by {stats.rss_growth_bytes / 2**20:.1f} MiB over the run")
+    untyped = [name for name in stats.outcomes if name not in ("ok", "verify-problems")
+               and not issubclass(getattr(rm.errors, name, Exception), rm.RelabelMapsError)]
+    for name, count in stats.outcomes.most_common():
         print(f"  {name:24s} {count}")
-    return 0
+    print("only typed errors" if not untyped else f"UNTYPED: {untyped}")
+    return 0 if not untyped else 1
 
 
 if __name__ == "__main__":

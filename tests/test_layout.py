@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,15 @@ from relabel_maps.layout import (
     combined_index_path,
     dataset_location,
     folder_contents,
+    generation_shard_name,
     index_path,
     local_dataset_files,
+    lock_path,
+    next_generation,
+    parse_shard_name,
     part_output_path,
     shard_files,
+    temp_path,
     working_file,
     working_shard_count,
 )
@@ -99,3 +105,22 @@ def test_local_files_report_a_missing_shard(tmp_path: Path) -> None:
     (tmp_path / "ds" / "ds-00001-of-00002.rlm").unlink()
     with pytest.raises(FormatError, match="missing"):
         local_dataset_files(tmp_path / "ds")
+
+
+def test_generation_names(tmp_path: Path) -> None:
+    assert generation_shard_name("ds", 1, 3, 1) == "ds-00001-of-00003.rlm"
+    assert generation_shard_name("ds", 2, 3, 12) == "ds-00002-of-00003.g00012.rlm"
+    assert parse_shard_name("my-ds-00002-of-00003.g00012.rlm") == ("my-ds", 2, 3, 12)
+    assert parse_shard_name("ds-00002-of-00003.rlm") == ("ds", 2, 3, 1)
+    assert parse_shard_name("ds-2-of-3.rlm") is None and parse_shard_name("ds.part00000of00002.rlm") is None
+    assert next_generation(tmp_path, "ds") == 1
+    names = ("ds-00002-of-00002.rlm", "ds-00001-of-00001.g00003.rlm", "ds-00001-of-00002.rlm", "dx-00001-of-00001.rlm")
+    for name in names:
+        (tmp_path / name).touch()
+    assert [p.name for p in shard_files(tmp_path, "ds")] == [
+        "ds-00001-of-00002.rlm", "ds-00002-of-00002.rlm", "ds-00001-of-00001.g00003.rlm"]
+    assert next_generation(tmp_path, "ds") == 4 and next_generation(tmp_path, "dx") == 2
+    assert lock_path(tmp_path, "ds") == tmp_path / ".ds.lock"
+    a, b = temp_path(tmp_path / "ds.index.json"), temp_path(tmp_path / "ds.index.json")
+    assert a != b and a.name.startswith(f".ds.index.json.{os.getpid()}.") and a.suffix == ".tmp"
+

@@ -1,4 +1,4 @@
-"""One named test per reader reject rule of spec/FORMAT.md §10 (R1-R26)."""
+"""One named test per reader reject rule of spec/FORMAT.md §10 (R1-R27)."""
 
 from __future__ import annotations
 
@@ -669,3 +669,40 @@ def test_item2_skippable_frame_rejected_before_allocation():
     good = zstandard.ZstdCompressor().compress(get_codec("f32").encode(arrays()))
     with open_bytes(single(record(frame=good))) as maps:
         assert maps["x"] == rm.LabelMap(*arrays()[:2], num_classes=C)
+
+
+def test_item5_a_folder_without_index_opens_only_as_one_complete_set(tmp_path):
+    """R27: a folder without an index whose shards are not exactly one complete set (a dataset being
+    published, or two generations) is refused, naming the missing index; loose files and one complete
+    set of shards or parts open."""
+
+    def write(path: Path, n: int, **kw: Any) -> None:
+        with rm.Writer(path, num_classes=C, k=K, encoding="f32", **kw) as w:
+            for i in range(n):
+                w.add(f"{path.name}{i:03d}", *arrays()[:2])
+
+    ds = tmp_path / "ds"
+    write(ds, 7, max_records=2)
+    (ds / "ds.index.json").unlink()
+    with rm.open(ds) as maps:
+        assert len(maps) == 7
+    third = ds / "ds-00003-of-00004.rlm"
+    data = third.read_bytes()
+    third.unlink()
+    with pytest.raises(FormatError, match=r"has no ds.index.json and holds 3 of the 4 shards of 'ds' \(shard 3 is"):
+        rm.open(ds)
+    third.write_bytes(data)
+    (ds / "ds-00001-of-00001.g00002.rlm").write_bytes(data)  # a second generation being published
+    with pytest.raises(FormatError, match="has no ds.index.json and its .rlm files are not one dataset"):
+        rm.open(ds)
+    (ds / "ds-00001-of-00001.g00002.rlm").rename(ds / "loose.rlm")
+    with pytest.raises(FormatError, match="not one dataset"):
+        rm.open(ds)
+
+    parts = tmp_path / "run"
+    write(parts / "part00001of00002.rlm", 2)
+    with pytest.raises(FormatError, match=r"has no run.index.json and holds 1 of the 2 parts of 'run' \(part 0 is"):
+        rm.open(parts)
+    write(parts / "part00000of00002.rlm", 2)
+    with rm.open(parts) as maps:
+        assert len(maps) == 4

@@ -94,3 +94,31 @@ def test_merge_incompatible_inputs(tmp_path):
         merge([r0, r0], tmp_path / "out")
     with pytest.raises(FileNotFoundError):
         merge([tmp_path / "missing"], tmp_path / "out")
+
+
+def test_item7_merge_keeps_a_merge_tmp_it_did_not_create(tmp_path):
+    r0 = make(tmp_path / "r0", ["x", "y", "z"], seed=0)
+    theirs = tmp_path / ".all.merge-tmp"
+    theirs.mkdir()
+    (theirs / "keep.txt").write_text("not the merge's")
+    merge([r0], tmp_path / "all")
+    assert (theirs / "keep.txt").read_text() == "not the merge's"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [".all.merge-tmp"]
+
+
+def test_merge_overwrite_publishes_a_new_generation(tmp_path):
+    """Merging over an existing dataset replaces it the way a writer does: new names, the index last,
+    the old shards removed after; a failing merge leaves the old dataset as it was."""
+    r0 = make(tmp_path / "r0", ["x", "y", "z"], seed=0)
+    r1 = make(tmp_path / "r1", ["w"], seed=1)
+    merge([r0], tmp_path / "all")
+    with pytest.raises(WriterError, match="exists"):
+        merge([r1], tmp_path / "all")
+    result = merge([r1], tmp_path / "all", overwrite=True)
+    assert sorted(os.listdir(tmp_path / "all")) == ["all-00001-of-00001.g00002.rlm", "all.index.json"]
+    assert result.paths == [str(tmp_path / "all" / n) for n in ("all-00001-of-00001.g00002.rlm", "all.index.json")]
+    with relabel_maps.open(tmp_path / "all") as m:
+        assert list(m) == ["w"]
+    with pytest.raises(InvalidArgumentError):  # fails while building: the dataset is untouched
+        merge([r1, r1], tmp_path / "all", overwrite=True)
+    assert sorted(os.listdir(tmp_path / "all")) == ["all-00001-of-00001.g00002.rlm", "all.index.json"]

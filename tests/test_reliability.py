@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import relabel_maps as rm
-from relabel_maps import journal
+from relabel_maps import journal, publish
 from relabel_maps.errors import InvalidArgumentError, WriterError
 
 C, K = 50, 3
@@ -107,7 +107,7 @@ def test_item3_enospc_without_resume_leaves_no_partial(tmp_path, monkeypatch, wh
     path = out / ("maps" if where in ("sharded", "index") else "maps.rlm")
     kw: dict[str, Any] = {"max_records": 9} if where in ("sharded", "index") else {}
     if where == "index":
-        monkeypatch.setattr(journal, "write_index", _index_write_fails)
+        monkeypatch.setattr(publish, "write_index", _index_write_fails)
     else:
         _fill_disk_after(monkeypatch, room)
     with pytest.raises(OSError) as info:
@@ -126,7 +126,7 @@ def test_item3_enospc_with_resume_keeps_a_recoverable_state(tmp_path, monkeypatc
     kw: dict[str, Any] = dict(num_classes=C, k=K, encoding="f32", level=1)
     if where == "index":
         kw["max_records"] = 9
-        monkeypatch.setattr(journal, "write_index", _index_write_fails)
+        monkeypatch.setattr(publish, "write_index", _index_write_fails)
     else:
         _fill_disk_after(monkeypatch, 9_000)
     with pytest.raises(OSError) as info:
@@ -154,7 +154,8 @@ def test_item3_enospc_with_resume_keeps_a_recoverable_state(tmp_path, monkeypatc
 @pytest.mark.parametrize("resume", [True, False])
 def test_item3_stale_journal_is_cleaned(tmp_path, resume):
     """A kill between renaming the finished file into place and deleting its journal leaves a stale
-    journal; the next run, resumed or not, deletes it."""
+    journal (and the lock file, no longer held: the kernel released its flock); the next run,
+    resumed or not, deletes both."""
     path = tmp_path / "maps.rlm"
     kw: dict[str, Any] = dict(num_classes=C, k=K, encoding="f32", level=1)
     pid = os.fork()
@@ -168,7 +169,7 @@ def test_item3_stale_journal_is_cleaned(tmp_path, resume):
             os._exit(1)
     _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status)
-    assert listing(tmp_path) == [".maps.rlm.journal", "maps.rlm"]
+    assert listing(tmp_path) == [".maps.rlm.journal", ".maps.rlm.lock", "maps.rlm"]
     if resume:
         with rm.Writer(path, resume=True, **kw) as w:
             assert w.keys() == [f"k{i}" for i in range(5)]
@@ -221,51 +222,83 @@ def _read_everything(worker: int) -> tuple[str, Any]:
 KINDS = ["path", "folder", "bytesio", "fileobj", "unbuffered", "factory", "wrapper", "wrapper-callable"]
 
 
+def write_sources(folder: Path, n: int = len(_KEYS), offset: int = 0) -> None:
+    """``folder/one.rlm`` and the sharded ``folder/shards`` holding ``n`` of the keys (samples shifted
+    by ``offset``, to tell versions apart)."""
+    kw: dict[str, Any] = dict(num_classes=C, k=K, encoding="f32", level=1, overwrite=True)
+    with rm.Writer(folder / "one.rlm", **kw) as w:
+        for i, key in enumerate(_KEYS[:n]):
+            w.add(key, *sample(i + offset, 16, 24))
+    with rm.Writer(folder / "shards", max_records=7, **kw) as w:
+        for i, key in enumerate(_KEYS[:n]):
+            w.add(key, *sample(i + offset, 16, 24))
+
+
+def source_of_kind(kind: str, folder: Path, files: list[Any]) -> Any:
+    """What ``rm.open`` gets for source ``kind`` over :func:`write_sources`' outputs (file objects it
+    opens are appended to ``files``)."""
+    one = folder / "one.rlm"
+    if kind == "path":
+        return one
+    if kind == "folder":
+        return folder / "shards"
+    if kind == "bytesio":
+        return io.BytesIO(one.read_bytes())
+    if kind in ("fileobj", "unbuffered", "wrapper"):
+        files.append(open(one, "rb", buffering=-1 if kind == "fileobj" else 0))
+        return _Delegate(files[-1]) if kind == "wrapper" else files[-1]
+    if kind == "factory":
+        return lambda: open(one, "rb")
+    return lambda: _Delegate(open(one, "rb", buffering=0))  # the remedy the refusal names
+
+
+def fork_read(maps: Any, workers: int = 4) -> list[tuple[str, Any]]:
+    """What each of ``workers`` forked processes reads from ``maps`` (every key, 6 times, shuffled):
+    ``("ok", {key: digest})`` or ``(error class name, message)``."""
+    global _MAPS
+    _MAPS = maps
+    try:
+        with mp.get_context("fork").Pool(workers) as pool:
+            return pool.map(_read_everything, range(workers), chunksize=1)
+    finally:
+        _MAPS = None
+
+
+def digests(maps: Any) -> dict[str, str]:
+    return {k: _digest(maps[k]) for k in _KEYS if k in maps}
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_item6_forked_workers_read_identical_records_from_every_source_kind(tmp_path, kind):
-    global _MAPS
-    folder = tmp_path / "ds"
-    with rm.Writer(folder / "one.rlm", num_classes=C, k=K, encoding="f32", level=1) as w:
-        for i, key in enumerate(_KEYS):
-            w.add(key, *sample(i, 16, 24))
-    with rm.Writer(folder / "shards", num_classes=C, k=K, encoding="f32", level=1, max_records=7) as w:
-        for i, key in enumerate(_KEYS):
-            w.add(key, *sample(i, 16, 24))
-    one = folder / "one.rlm"
+    write_sources(tmp_path)
     files: list[Any] = []
-    source: Any
-    if kind == "path":
-        source = one
-    elif kind == "folder":
-        source = folder / "shards"
-    elif kind == "bytesio":
-        source = io.BytesIO(one.read_bytes())
-    elif kind == "fileobj":
-        source = open(one, "rb")
-        files.append(source)
-    elif kind == "unbuffered":
-        source = open(one, "rb", buffering=0)
-        files.append(source)
-    elif kind == "factory":
-        source = lambda: open(one, "rb")  # noqa: E731
-    elif kind == "wrapper":
-        files.append(open(one, "rb", buffering=0))
-        source = _Delegate(files[-1])
-    else:  # the remedy the refusal names: a callable, called again in each worker
-        source = lambda: _Delegate(open(one, "rb", buffering=0))  # noqa: E731
-    _MAPS = rm.open(source)
+    maps = rm.open(source_of_kind(kind, tmp_path, files))
     try:
-        expected = {k: _digest(_MAPS[k]) for k in _KEYS}  # the parent reads before forking
-        with mp.get_context("fork").Pool(4) as pool:
-            results = pool.map(_read_everything, range(4), chunksize=1)
+        expected = digests(maps)  # the parent reads before forking
+        results = fork_read(maps)
         if kind == "wrapper":  # shares the OS file offset with the parent: refused, not corrupted
             assert [r[0] for r in results] == [InvalidArgumentError.__name__] * 4
             assert "fork" in results[0][1] and "callable" in results[0][1]
         else:
             assert results == [("ok", expected)] * 4
-        assert {k: _digest(_MAPS[k]) for k in _KEYS} == expected  # the parent is unaffected
+        assert digests(maps) == expected  # the parent is unaffected
     finally:
-        _MAPS.close()
-        _MAPS = None
+        maps.close()
         for f in files:
             f.close()
+
+
+def test_item3_a_failed_index_write_leaves_no_temp_file(tmp_path, monkeypatch):
+    with rm.Writer(tmp_path / "ds", num_classes=C, k=K, encoding="f32", level=1, max_records=2) as w:
+        for i in range(5):
+            w.add(f"k{i}", *sample(i))
+    shards = sorted((tmp_path / "ds").glob("ds-*.rlm"))
+
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError) as info:
+        publish.write_index(shards, tmp_path / "ds" / "all.index.json")
+    assert info.value.errno == errno.ENOSPC
+    assert listing(tmp_path / "ds") == [p.name for p in shards] + ["ds.index.json"]

@@ -67,7 +67,7 @@ def test_metadata_contents(tmp_path):
     assert meta["teacher"]["name"] == "tf_efficientnet_lite0" and meta["teacher"]["weights"] is None
     assert meta["teacher"]["grid"] is None and meta["class_names"] == names and meta["class_set"] == "toy-100"
     assert meta["acme.run"] == {"id": 3} and meta["extra"] == [1, 2]
-    assert meta["compression"] == {"codec": "zstd", "level": 19, "dictionary": False}
+    assert meta["compression"] == {"codec": "zstd", "level": 3, "dictionary": False}  # the default level
     assert meta["tool"] == {"name": "relabel-maps", "version": rm.__version__}
 
 
@@ -292,7 +292,13 @@ def test_sharded_overwrite_removes_old_shards(tmp_path):
     with pytest.raises(WriterError):
         write(tmp_path / "ds", n=5, max_records=5)
     write(tmp_path / "ds", n=6, max_records=5, overwrite=True)
-    assert sorted(os.listdir(tmp_path / "ds")) == ["ds-00001-of-00002.rlm", "ds-00002-of-00002.rlm", "ds.index.json"]
+    # the new generation takes names no file of the old one had; the old shards go after the new index
+    gen2 = ["ds-00001-of-00002.g00002.rlm", "ds-00002-of-00002.g00002.rlm"]
+    assert sorted(os.listdir(tmp_path / "ds")) == gen2 + ["ds.index.json"]
+    write(tmp_path / "ds", n=6, max_records=5, overwrite=True)
+    assert sorted(os.listdir(tmp_path / "ds")) == [n.replace("g00002", "g00003") for n in gen2] + ["ds.index.json"]
+    with rm.open(tmp_path / "ds") as maps:
+        assert len(maps) == 6 and maps.verify() == []
 
 
 def test_write_index_for_merged_shards(tmp_path):
