@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import multiprocessing as mp
 import os
 import pickle
 import subprocess
@@ -375,6 +376,40 @@ def test_open_and_pull_offline_from_cache(tmp_path, hub_server, monkeypatch):
     assert isinstance(info.value, OSError) and str(info.value).startswith("hf://me/not-there: ")
     with pytest.raises(InvalidArgumentError, match="repo id"):
         relabel_maps.open("hf://bad--id/x")
+
+
+_FORKED_MAPS = None
+
+
+def _fingerprint_in_worker(seed: int) -> str:
+    """Read every record of the inherited ``_FORKED_MAPS`` in a shuffled order, then fingerprint them."""
+    assert _FORKED_MAPS is not None
+    keys = list(_FORKED_MAPS)
+    for i in np.random.default_rng(seed).permutation(len(keys)):
+        _FORKED_MAPS[keys[i]]
+    return fingerprint(_FORKED_MAPS)
+
+
+def test_item6_forked_workers_read_hf_from_cache_identically(tmp_path, hub_server, monkeypatch):
+    """hf:// is one of the reader's source kinds: four forked workers over a cached, offline hf:// dataset
+    read exactly the records the parent reads (the local copy's)."""
+    global _FORKED_MAPS
+    path = make_dataset(tmp_path / "maps", n=11)
+    hub.push(path, "me/toy")
+    with relabel_maps.open("hf://me/toy") as maps:
+        fingerprint(maps)  # fills the cache
+    monkeypatch.setattr(hf.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with relabel_maps.open("hf://me/toy") as maps:
+        _FORKED_MAPS = maps
+        try:
+            maps["img0.jpg"]  # the parent has a shard open before forking
+            with mp.get_context("fork").Pool(4) as pool:
+                results = pool.map(_fingerprint_in_worker, range(4), chunksize=1)
+        finally:
+            _FORKED_MAPS = None
+        assert results == [local_fingerprint(path)] * 4
+        assert fingerprint(maps) == results[0]
 
 
 @pytest.mark.slow
