@@ -10,7 +10,13 @@ Forward-only is measured before and after the end-to-end run and the better figu
         --config efficientnet_l2:random:475:64:2048 --config resnet50:random:224:256:20000
 
 A config is ``TEACHER:WEIGHTS:SIZE:BATCH:IMAGES`` with WEIGHTS ``pretrained``, ``random``
-(random init: throughput only) or a checkpoint path.
+(random init: throughput only) or a checkpoint path. The precision is the annotator's default (fp32,
+TF32 off) unless ``--precision`` says otherwise; run it again with ``--precision fp16`` (or ``tf32``)
+on a GPU to see what the faster precisions gain (``bench_precision.py`` shows what they change).
+
+``--peak-memory TEACHER:SIZE:BATCH`` instead traces the device step's peak memory (weights included)
+per precision with fake tensors, on any machine: the figures ``--help`` and the README give for
+EfficientNet-L2 (``--peak-memory efficientnet_l2:475:128``).
 """
 
 from __future__ import annotations
@@ -24,14 +30,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import timm
 import torch
 from PIL import Image
 from skimage import data as skdata
 
 from relabel_maps.annotate import annotate, load_teacher
 from relabel_maps.annotate.decode import load_item
+from relabel_maps.annotate.head import dense_head
 from relabel_maps.annotate.sources import list_images
-from relabel_maps.annotate.step import get_step, resolve_precision
+from relabel_maps.annotate.step import PRECISIONS, get_step, resolve_precision
 
 DEFAULT_CPU = ["lite0-packaged:pretrained:475:8:48", "resnet50:random:224:16:64"]
 
@@ -117,16 +125,46 @@ def run_config(spec: str, args: argparse.Namespace) -> tuple[str, float, float]:
     return label, fwd, e2e
 
 
+def peak_memory(spec: str) -> None:
+    """Print the traced peak memory of the annotator's forward (features, dense head, top-k) of
+    ``TEACHER:SIZE:BATCH`` in fp32 and under fp16/bf16 autocast (CPU autocast on fake tensors)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    from relabel_maps.annotate.presets import resolve_preset
+
+    name, size, batch = spec.split(":")
+    preset = resolve_preset(name)
+    arch = preset.model if preset else name
+    with FakeTensorMode():
+        model = timm.create_model(arch, pretrained=False).eval()
+        for prec in ("fp32", "fp16", "bf16"):
+            x = torch.zeros(int(batch), 3, int(size), int(size))
+            tracker = MemTracker()
+            tracker.track_external(model)
+            amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(prec)
+            with tracker, torch.inference_mode(), torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=bool(amp)):
+                feats = model.forward_features(x)
+                with torch.autocast("cpu", enabled=False):
+                    dense_head(model, feats.float(), x.shape[-2:]).topk(5, 1)
+            peak = sum(d["Total"] for d in tracker.get_tracker_snapshot("peak").values())
+            print(f"{arch} @ {size} px, batch {batch}, {prec}: peak {peak / 2**30:.1f} GiB (weights included)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--config", action="append", help="TEACHER:WEIGHTS:SIZE:BATCH:IMAGES (repeatable)")
-    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    ap.add_argument("--precision", default="auto", choices=list(PRECISIONS))
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--level", type=int, default=None, help="zstd level of the writer")
+    ap.add_argument("--peak-memory", metavar="TEACHER:SIZE:BATCH", help="trace peak memory instead (see above)")
     args = ap.parse_args(argv)
+    if args.peak_memory:
+        peak_memory(args.peak_memory)
+        return 0
     configs = args.config or DEFAULT_CPU
     print(f"{'config':<90} {'forward img/s':>14} {'end-to-end img/s':>17} {'ratio':>7}")
     for spec in configs:

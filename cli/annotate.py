@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from relabel_maps.annotate import DEFAULT_MAX_PIXELS, list_presets, load_teacher, parse_shard, resolve_source
 from relabel_maps.annotate import annotate as run
+from relabel_maps.annotate.step import PRECISIONS
 from relabel_maps.frame import CROP_MODES, normalize_crop_mode
 
 from .common import console, echo_json
@@ -84,8 +85,10 @@ def _size(value: str | None) -> tuple[int, int] | None:
     help="Classes kept per location.",
 )
 @click.option(
-    "--batch-size", "-b", default=32, show_default=True, type=click.IntRange(1),
-    help="Images per forward pass.",
+    "--batch-size", "-b", type=click.IntRange(1),
+    help="Images per forward pass [default: the most the free GPU memory holds, up to 128; 32 on CPU]. "
+    "EfficientNet-L2 at 475 px peaks at about 34 GiB per 128 images in fp32 (18 GiB in fp16/bf16). "
+    "On out-of-memory the run goes on with half as many.",
 )
 @click.option(
     "--workers", "-j", type=click.IntRange(0),
@@ -93,8 +96,9 @@ def _size(value: str | None) -> tuple[int, int] | None:
 )
 @click.option("--device", help="cpu, cuda, cuda:1, ... [default: cuda:LOCAL_RANK if available, else cpu].")
 @click.option(
-    "--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
-    help="auto = bf16 autocast on CUDA, fp32 on CPU (the dense head always runs in fp32).",
+    "--precision", type=click.Choice(list(PRECISIONS)), default="auto", show_default=True,
+    help="auto = fp32 (IEEE, TF32 off). tf32, fp16 and bf16 (autocast; the dense head stays fp32) are faster "
+    "on GPUs but change the maps: fp16 keeps the fp32 top-1 on ~99 % of locations, bf16 on ~90 %.",
 )
 @click.option(
     "--compile", "compile_", is_flag=True,
@@ -151,7 +155,7 @@ def annotate(
     resize: str | None,
     num_classes: int | None,
     k: int,
-    batch_size: int,
+    batch_size: int | None,
     workers: int | None,
     device: str | None,
     precision: str,
@@ -182,7 +186,7 @@ def annotate(
     Examples:
       relabel-maps annotate @samples maps.rlm --teacher lite0-packaged   # offline
       relabel-maps annotate photos/ maps.rlm --teacher lite0-packaged
-      relabel-maps annotate imagenet/train maps/ --teacher efficientnet_l2 -b 128 --compile
+      relabel-maps annotate imagenet/train maps/ --teacher efficientnet_l2 --compile
       torchrun --nproc-per-node 8 --no-python relabel-maps annotate imagenet/train maps/ -t efficientnet_l2
     """
     # Library errors (unknown teacher, bad shard, unreadable checkpoint, ...) become one-line
@@ -283,6 +287,8 @@ def _report(s: dict[str, Any], as_json: bool) -> None:
         f"{s['device']}, {s['precision']}); skipped {s['skipped']} already stored; failed {s['failed']}"
         + (f" ({reasons})" if reasons else "")
     )
+    if s.get("fp32_retries"):
+        click.echo(f"recomputed in fp32 (non-finite in {s['precision']}): {s['fp32_retries']} images")
     click.echo(f"dataset: {s['records']} records, {s['bytes_written']} bytes, {s['bytes_per_image']:.0f} bytes/image")
     for p in s["outputs"]:
         click.echo(f"  {p}")

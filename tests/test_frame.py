@@ -71,7 +71,7 @@ def test_frame_from_metadata():
 
 def test_center_window_matches_the_annotator():
     pytest.importorskip("PIL")
-    from relabel_maps.annotate.decode import resize_pil
+    from relabel_maps.annotate.decode import resize_array
 
     # the window TeacherFrame reports is exactly the part of the image the annotator's resize keeps:
     # squashing that window gives the same pixels as the annotator's centre-crop resize
@@ -81,7 +81,7 @@ def test_center_window_matches_the_annotator():
         x0, y0, x1, y1 = (int(v) for v in frame.window((w, h)))
         img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         np.testing.assert_array_equal(
-            resize_pil(img, (64, 64), "center"), resize_pil(img[y0:y1, x0:x1], (64, 64), "squash")
+            resize_array(img, (64, 64), "center"), resize_array(img[y0:y1, x0:x1], (64, 64), "squash")
         )
         assert (x1 - x0) == w or (y1 - y0) == h  # it covers the shorter side
     assert frame.window((100, 75)) == (12.0, 0.0, 87.0, 75.0)

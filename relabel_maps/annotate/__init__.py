@@ -8,8 +8,9 @@ Needs the ``annotate`` extra (torch, torchvision, timm, pillow, safetensors)::
 One module per job: :mod:`.presets` (named teachers), :mod:`.weights` (checkpoints and pretrained
 weights), :mod:`.head` (the fully-convolutional head), :mod:`.teacher` (:class:`Teacher`,
 :func:`load_teacher`), :mod:`.sources` (which images), :mod:`.decode` (image decoding),
-:mod:`.batches`, :mod:`.step` and :mod:`.sinks` (the pipeline's stages), :mod:`.outputs` (the run's
-files) and :mod:`.pipeline` (the run, :func:`annotate`).
+:mod:`.batches`, :mod:`.step` and :mod:`.sinks` (the pipeline's stages), :mod:`.device` (rank to
+device, batch size from free memory, out-of-memory back-off), :mod:`.outputs` (the run's files) and
+:mod:`.pipeline` (the run, :func:`annotate`).
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ from .decode import DEFAULT_MAX_PIXELS
 from .pipeline import AnnotateSummary, annotate
 from .presets import PRESETS, TeacherPreset, list_presets
 from .sources import SAMPLES, ImageItem, list_images, parse_shard, resolve_source
+from .step import DeviceMemoryError
 from .teacher import Teacher, load_teacher
 from .weights import TeacherWeightsError
 
 __all__ = [
     "AnnotateSummary",
     "DEFAULT_MAX_PIXELS",
+    "DeviceMemoryError",
     "ImageItem",
     "PRESETS",
     "SAMPLES",

@@ -1,12 +1,15 @@
 """Image decoding and resizing for the annotator.
 
-Two paths produce the same teacher input:
+One preprocessing, whichever decoder ran and wherever: :func:`resize_image` (torch's antialiased
+bicubic in float32, rounded once to 8-bit values) makes every teacher input.
 
-* CPU: PIL decodes any format (JPEG incl. CMYK, PNG incl. 16-bit/alpha/palette, grayscale, ...)
-  to 8-bit RGB and :func:`resize_pil` resizes it (antialiased bicubic) in the DataLoader workers.
-* CUDA: RGB/grayscale JPEGs are sent as bytes and decoded in batches by nvJPEG
-  (:func:`decode_jpegs`), then resized on the GPU by :func:`resize_image` (torch's antialiased
-  bicubic, which follows PIL's filter; the two agree within one grey level).
+* Workers: PIL decodes any format (JPEG incl. CMYK, PNG incl. 16-bit/alpha/palette, grayscale, ...)
+  to 8-bit RGB and :func:`resize_image` resizes it on the CPU; the frame travels as uint8.
+* Device decoding (default on CUDA): RGB/grayscale JPEGs are sent as bytes, decoded in batches by
+  :func:`decode_jpegs` (nvJPEG on CUDA) and resized by the same :func:`resize_image` on the device.
+
+PIL's own 8-bit resize is not used: its intermediate rounding moves the Lite0 teacher's per-location
+top-1 on 6.4 % of locations against the float resize (``benchmarks/bench_precision.py``).
 
 EXIF orientation is not applied (as in torchvision's and PIL's default loaders used for
 training), so the map's grid matches the pixels a training pipeline sees.
@@ -35,11 +38,13 @@ __all__ = [
     "load_rgb",
     "load_item",
     "resize_image",
-    "resize_pil",
+    "resize_array",
     "decode_jpegs",
+    "wait_for_device",
 ]
 
 DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own hard limit (2 x Image.MAX_IMAGE_PIXELS)
+_PLANE_BY_PLANE = 1 << 22  # pixels above which a CPU resize converts one colour plane at a time
 _JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
@@ -149,32 +154,36 @@ def load_rgb(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray
 
 
 def resize_image(
-    img: torch.Tensor, size: Sequence[int], crop_mode: str = "squash", crop_pct: float = 1.0, *, finish: bool = True
+    img: torch.Tensor, size: Sequence[int], crop_mode: str = "squash", crop_pct: float = 1.0
 ) -> torch.Tensor:
-    """Resize a ``(3, h, w)`` uint8 tensor (any device) to ``size`` with antialiased bicubic.
+    """Resize a ``(3, h, w)`` uint8 tensor (any device) to ``size`` with antialiased bicubic in float32.
 
     ``crop_mode="squash"`` maps the whole image onto ``size`` (ReLabel); ``"center"`` keeps the
     window :func:`relabel_maps.frame.source_window` selects. Returns integer-valued float32
-    ``(3, H, W)`` in [0, 255] (``finish=False`` skips the rounding and clamping, for callers that do
-    it once per batch).
+    ``(3, H, W)`` in [0, 255]. Large images on the CPU are converted one colour plane at a time (the
+    same result, a third of the float memory).
     """
     top, left, ch, cw = source_window(int(img.shape[-2]), int(img.shape[-1]), size, crop_mode, crop_pct)
-    x = img[:, top : top + ch, left : left + cw].float()[None]
-    if (ch, cw) != (int(size[0]), int(size[1])):
-        x = F.interpolate(x, size=(int(size[0]), int(size[1])), mode="bicubic", antialias=True, align_corners=False)
-    return x[0].round_().clamp_(0, 255) if finish else x[0]
-
-
-def resize_pil(arr: np.ndarray, size: Sequence[int], crop_mode: str = "squash", crop_pct: float = 1.0) -> np.ndarray:
-    """CPU twin of :func:`resize_image` for ``(h, w, 3)`` uint8 arrays: PIL's antialiased bicubic
-    (about twice as fast as torch's on the CPU; the two agree within one grey level)."""
-    h, w = arr.shape[:2]
-    top, left, ch, cw = source_window(h, w, size, crop_mode, crop_pct)
+    window = img[:, top : top + ch, left : left + cw]
     th, tw = int(size[0]), int(size[1])
-    window = np.ascontiguousarray(arr[top : top + ch, left : left + cw])
     if (ch, cw) == (th, tw):
-        return window
-    return np.asarray(Image.fromarray(window).resize((tw, th), Image.Resampling.BICUBIC))
+        x = window.float()
+    elif img.device.type == "cpu" and ch * cw > _PLANE_BY_PLANE:
+        x = torch.cat([_bicubic(window[c : c + 1].float(), th, tw) for c in range(window.shape[0])])
+    else:
+        x = _bicubic(window.float(), th, tw)
+    return x.round_().clamp_(0, 255)
+
+
+def _bicubic(x: torch.Tensor, th: int, tw: int) -> torch.Tensor:
+    return F.interpolate(x[None], size=(th, tw), mode="bicubic", antialias=True, align_corners=False)[0]
+
+
+def resize_array(arr: np.ndarray, size: Sequence[int], crop_mode: str = "squash", crop_pct: float = 1.0) -> np.ndarray:
+    """:func:`resize_image` for an ``(h, w, 3)`` uint8 array: the ``(H, W, 3)`` uint8 teacher frame."""
+    arr = np.require(arr, np.uint8, ("C_CONTIGUOUS", "WRITEABLE"))  # torch wants a writable array
+    frame = resize_image(torch.from_numpy(arr).permute(2, 0, 1), size, crop_mode, crop_pct)
+    return frame.to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 def load_item(
@@ -188,7 +197,8 @@ def load_item(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     jpeg_passthrough: bool = False,
 ) -> DecodedItem:
-    """Read one image file for the teacher (runs in DataLoader workers; never raises for bad images)."""
+    """Read one image file for the teacher (runs in DataLoader workers; never raises for bad images):
+    a ``"tensor"`` item holds the ``(3, H, W)`` uint8 frame, a ``"jpeg"`` item the file's bytes."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -200,7 +210,7 @@ def load_item(
             if img.format == "JPEG" and img.mode in ("RGB", "L"):
                 return DecodedItem(index, key, path, "jpeg", data=torch.frombuffer(bytearray(data), dtype=torch.uint8))
         arr = load_rgb(data, max_pixels=max_pixels)
-        out = torch.from_numpy(np.array(resize_pil(arr, size, crop_mode, crop_pct))).permute(2, 0, 1)
+        out = resize_image(torch.from_numpy(arr).permute(2, 0, 1), size, crop_mode, crop_pct).to(torch.uint8)
     except ImageDecodeError as exc:
         return DecodedItem(index, key, path, "error", reason=exc.reason, detail=exc.detail)
     except Exception as exc:  # noqa: BLE001 - a bad image must never stop the run
@@ -208,12 +218,22 @@ def load_item(
     return DecodedItem(index, key, path, "tensor", data=out)
 
 
+def wait_for_device(device: torch.device) -> None:
+    """On CUDA, block until the work queued on ``device``'s current stream has finished."""
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+
+
 def decode_jpegs(datas: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
     """Decode JPEG byte tensors on ``device`` (nvJPEG on CUDA); ``None`` where an image fails.
 
     Tries one batched call first and falls back to one call per image, so a single odd file does
-    not cost the batch.
+    not cost the batch. On CUDA it first waits for the current stream: torchvision's decoder takes
+    its output buffers from the caching allocator on the current stream but decodes on a private
+    stream that does not wait for it, so without the wait it could overwrite memory that queued
+    kernels (the previous batch's forward) have not read yet.
     """
+    wait_for_device(device)
     with warnings.catch_warnings():  # torchvision >= 0.29 flags its decoders as deprecated
         warnings.simplefilter("ignore", DeprecationWarning)
         try:

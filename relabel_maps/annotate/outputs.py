@@ -4,12 +4,21 @@ and the index joining the parts of a multi-part run (names from :mod:`relabel_ma
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import WriterError
-from ..layout import combined_index_path, dataset_location, index_path, is_sharded, part_output_path, shard_files
+from ..layout import (
+    INDEX_SUFFIX,
+    combined_index_path,
+    dataset_location,
+    index_path,
+    is_sharded,
+    part_output_path,
+    shard_files,
+)
 from ..opener import open as open_maps
 from ..shards import write_index
 
@@ -80,8 +89,10 @@ def write_combined_index(out: str | os.PathLike[str], parts: int, max_records: i
     """Once every part of a multi-part run has finished, write one index over all their files.
 
     Safe to call from every rank: it does nothing until all parts are finished, and the index is
-    written atomically with the same content by whichever part finishes last. Parts hold
-    contiguous ranges of the sorted keys, so the joined dataset keeps the global key order.
+    written atomically with the same content by whichever part finishes last. Each caller writes
+    through a hidden file of its own (ranks finishing together would collide on one temporary
+    name) and renames it into place. Parts hold contiguous ranges of the sorted keys, so the
+    joined dataset keeps the global key order.
     """
     if parts <= 1:
         return None
@@ -96,5 +107,10 @@ def write_combined_index(out: str | os.PathLike[str], parts: int, max_records: i
         else:
             files += shard_files(*dataset_location(target, sharded=True))
     index = combined_index_path(out)
-    write_index(files, index)
+    own = index.with_name(f".{index.name[: -len(INDEX_SUFFIX)]}.{uuid.uuid4().hex}{INDEX_SUFFIX}")
+    try:
+        write_index(files, own)
+        os.replace(own, index)
+    finally:
+        own.unlink(missing_ok=True)
     return index

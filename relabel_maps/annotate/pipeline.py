@@ -4,6 +4,13 @@ Stages overlap so the device never waits: DataLoader workers decode (:mod:`.batc
 :mod:`.decode`), the main thread runs the device step (:mod:`.step`), and a background thread
 writes records (:mod:`.sinks`).
 
+Precision: ``auto`` is the measured default of :mod:`.step` (IEEE fp32, TF32 off; fp16/bf16/tf32 are
+faster and move the maps, see ``benchmarks/bench_precision.py``). Images whose maps hold a non-finite
+value in a reduced precision are recomputed in fp32; an image still non-finite is reported as a
+failure (reason ``non-finite``) and never written.
+The file's metadata records what ran: ``annotate.precision``, ``annotate.tf32`` and
+``annotate.fp32_retry``; the summary counts the images recomputed (``fp32_retries``).
+
 Resume: the writer journals every flushed record; a re-run skips stored keys. Batches are cut
 from the full, sorted key list in fixed windows, so a resumed run feeds the teacher the same
 batches as an uninterrupted one. Multi-GPU: under ``torchrun`` each rank takes its own part of
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,8 +32,9 @@ import torch
 from ..errors import InvalidArgumentError
 from ..layout import combined_index_path, part_output_path
 from ..writer import Writer
-from .batches import TeacherInput, assemble, batch_loader, plan_batches
+from .batches import TeacherInput, assemble, batch_loader, plan_batches, plan_loader, shm_free_bytes
 from .decode import DEFAULT_MAX_PIXELS
+from .device import ChunkedStep, default_batch_size, dist_info, select_device
 from .outputs import (
     check_finished,
     failures_path,
@@ -35,7 +44,7 @@ from .outputs import (
 )
 from .sinks import FailureLog, RecordSink, failed_keys
 from .sources import ImageItem, list_images, shard_items
-from .step import can_compile, get_step, resolve_precision, to_host
+from .step import StepOut, TopKStep, can_compile, get_step, resolve_precision, to_host
 from .teacher import Teacher, load_teacher
 
 __all__ = [
@@ -64,6 +73,8 @@ class AnnotateSummary:
     records: int  # records in the finished output
     device: str = "cpu"
     precision: str = "fp32"
+    batch_size: int = 0  # images per forward pass at the start (0: nothing to annotate)
+    fp32_retries: int = 0  # images recomputed in fp32 because their maps held a non-finite value
     failure_reasons: dict[str, int] = field(default_factory=dict)
     index: str | None = None  # the index joining all parts, once every part has finished
 
@@ -82,23 +93,13 @@ class AnnotateSummary:
         return d
 
 
-def dist_info() -> tuple[int, int, int]:
-    """``(rank, world_size, local_rank)`` from the ``torchrun`` environment (``(0, 1, 0)`` otherwise)."""
-    rank = int(os.environ.get("RANK", "0"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    if world < 1 or not 0 <= rank < world:
-        raise InvalidArgumentError(f"bad torchrun environment: RANK={rank} WORLD_SIZE={world}")
-    return rank, world, local
-
-
 def annotate(
     source: str | os.PathLike[str],
     out: str | os.PathLike[str],
     teacher: Teacher | str,
     *,
     k: int = 5,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     workers: int | None = None,
     device: str | None = None,
     precision: str = "auto",
@@ -133,6 +134,10 @@ def annotate(
             makes probabilities exact.
         shard: ``(i, n)``: annotate only the ``i``-th of ``n`` contiguous parts of the sorted keys;
             combined with ``torchrun`` ranks (each rank takes its own sub-part and output).
+        batch_size: images per forward pass; default: measured from the free memory on CUDA (at most
+            128), 32 elsewhere. On device out-of-memory the run continues with half as many.
+        precision: ``"auto"`` (= ``"fp32"``: IEEE float32, no TF32), ``"tf32"``, ``"fp16"`` or
+            ``"bf16"`` (autocast backbone, float32 head); faster, and they change the maps (:mod:`.step`).
         limit: only the first ``limit`` keys (after sharding).
         failures: JSON-lines failure report path (default: next to the output).
         max_pixels: images with more pixels are skipped as decompression bombs.
@@ -146,14 +151,14 @@ def annotate(
     Re-running the same call resumes: finished keys are skipped, and a finished output whose keys
     cover the source is reported as complete.
     """
-    if batch_size < 1 or k < 1:
+    if (batch_size is not None and batch_size < 1) or k < 1:
         raise InvalidArgumentError("batch_size and k must be positive")
     if progress is not None and not callable(progress):
         raise InvalidArgumentError("progress must be a callable (or None)")
     rank, world, local_rank = dist_info()
     shard_i, shard_n = shard
     parts, part = shard_n * world, shard_i * world + rank
-    dev = _device(device, local_rank)
+    dev = select_device(device, local_rank)
     if isinstance(teacher, str):
         teacher = load_teacher(teacher, checkpoint=checkpoint, pretrained=pretrained, device=dev)
     else:
@@ -192,6 +197,7 @@ def annotate(
         class_set=teacher.class_set,
         class_names=teacher.class_names,
         metadata={"annotate.store_lse": bool(store_lse), "annotate.precision": prec,
+                  "annotate.tf32": prec == "tf32", "annotate.fp32_retry": prec != "fp32",
                   "annotate.part": [part, parts]},
         max_records=max_records,
     )
@@ -202,15 +208,18 @@ def annotate(
         remove_finished(target, max_records)
     writer = Writer(target, **writer_kwargs, resume=True)
 
+    is_cuda = dev.type == "cuda"
+    cl = channels_last if channels_last is not None else is_cuda
+    step = get_step(teacher, k, prec, store_lse, cl, compile and can_compile(dev))
+    retry = None if prec == "fp32" else get_step(teacher, k, "fp32", store_lse, cl, False)
+    if batch_size is None:
+        batch_size = default_batch_size(get_step(teacher, k, prec, store_lse, cl, False), teacher.input_size)
     plan = plan_batches(len(part_items), batch_size, lambda i: part_items[i].key in writer)
     skipped = len(part_items) - sum(len(b) for b in plan)
     report: Callable[..., None] = progress or _no_progress
     report(skipped, total=len(part_items), skipped=skipped)
     fail_log = FailureLog(fail_path)
     sink = RecordSink(writer, queue_size, report)
-    is_cuda = dev.type == "cuda"
-    step = get_step(teacher, k, prec, store_lse, channels_last if channels_last is not None else is_cuda,
-                    compile and can_compile(dev))
     spec = TeacherInput(teacher.input_size, teacher.crop_mode, teacher.crop_pct, max_pixels)
 
     def fail(index: int, reason: str, detail: str) -> None:
@@ -218,26 +227,25 @@ def annotate(
         fail_log.add(it.key, it.path, reason, detail)
         report(1, failed=1)
 
-    annotated = 0
+    run = _Run(ChunkedStep(step, batch_size), retry, sink, fail, [it.key for it in part_items])
     ok = False
     sink.start()
     try:
         if plan:
-            loader = batch_loader(
+            frame_bytes = 3 * spec.size[0] * spec.size[1]
+            loader = plan_loader(_default_workers(is_cuda) if workers is None else max(0, int(workers)),
+                                 batch_size, frame_bytes, shm_free_bytes())
+            if loader.note:
+                warnings.warn(loader.note, RuntimeWarning, stacklevel=2)
+            batches = batch_loader(
                 part_items, plan, spec, jpeg_passthrough=bool(gpu_decode if gpu_decode is not None else is_cuda),
-                workers=_default_workers(is_cuda) if workers is None else max(0, int(workers)), pin_memory=is_cuda,
+                loader=loader, pin_memory=is_cuda,
             )
-            for batch in loader:
+            for batch in batches:
                 keep, x = assemble(batch, spec, dev, fail)
-                if x is None:
-                    continue
-                n = len(keep)
-                if step.compiled and n < batch_size:  # keep one static shape: no recompilation
-                    x = torch.cat([x, x.new_zeros((batch_size - n, *x.shape[1:]))])
-                vals, idx, lse = step(x)
-                result = (vals[:n], idx[:n], None if lse is None else lse[:n])
-                sink.put(([part_items[i].key for i in keep], *to_host(result)))
-                annotated += n
+                if x is not None:
+                    run.add(keep, x)
+            run.flush()
         sink.finish()
         outputs = writer.close()
         ok = True
@@ -256,7 +264,7 @@ def annotate(
         outputs=outputs,
         failures_path=str(fail_path),
         total=len(part_items),
-        annotated=annotated,
+        annotated=run.annotated,
         skipped=skipped,
         failed=fail_log.count,
         seconds=time.perf_counter() - t0,
@@ -264,6 +272,8 @@ def annotate(
         records=len(writer),
         device=str(dev),
         precision=prec,
+        batch_size=batch_size,
+        fp32_retries=run.retried,
         failure_reasons=dict(fail_log.reasons),
         index=str(index) if index else None,
     )
@@ -273,16 +283,55 @@ def _no_progress(n: int, **counts: int) -> None:
     """The ``progress`` callable of a run nobody watches."""
 
 
-def _device(device: str | None, local_rank: int) -> torch.device:
-    """The run's device: ``device``, else this rank's GPU when there is one, else the CPU."""
-    if device is None:
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank)
-        torch.cuda.set_device(dev)
-    return dev
+class _Run:
+    """Batches from the device step to the writer, one batch behind on CUDA: a batch's results are
+    checked once the next batch is queued, so the device stays busy while the host waits for them.
+
+    Images whose maps hold a non-finite value are recomputed with the fp32 ``retry`` step; those
+    still non-finite (or with no retry step) are reported through ``fail`` and never written."""
+
+    def __init__(self, step: ChunkedStep, retry: TopKStep | None, sink: RecordSink,
+                 fail: Callable[[int, str, str], None], keys: Sequence[str]) -> None:
+        self.step, self.sink, self.fail, self.keys = step, sink, fail, keys
+        self.retry = None if retry is None else ChunkedStep(retry, step.chunk)
+        self.pending: tuple[list[int], torch.Tensor, StepOut, torch.cuda.Event | None] | None = None
+        self.annotated = 0
+        self.retried = 0
+
+    def add(self, positions: list[int], x: torch.Tensor) -> None:
+        """Queue a batch (item positions, ``(n, 3, H, W)`` frames) and finish the one before it."""
+        host, event = to_host(self.step(x))
+        self.flush()
+        self.pending = positions, x, host, event
+        if event is None:  # on the host already: nothing to overlap with
+            self.flush()
+
+    def flush(self) -> None:
+        """Check the pending batch and hand it to the writer."""
+        if self.pending is None:
+            return
+        positions, x, (vals, idx, lse, finite), event = self.pending
+        self.pending = None
+        if event is not None:
+            event.synchronize()
+        bad = [row for row, ok in enumerate(finite.tolist()) if not ok]
+        with torch.inference_mode():  # the step's CPU outputs are inference tensors
+            if bad and self.retry is not None:
+                self.retried += len(bad)
+                r_vals, r_idx, r_lse, r_finite = self.retry(x[torch.tensor(bad, device=x.device)])
+                vals[bad], idx[bad] = r_vals.cpu(), r_idx.cpu()
+                if lse is not None and r_lse is not None:
+                    lse[bad] = r_lse.cpu()
+                bad = [row for row, ok in zip(bad, r_finite.tolist(), strict=True) if not ok]
+            for row in bad:
+                self.fail(positions[row], "non-finite", "the teacher's logits hold NaN or infinity (also in fp32)")
+            if bad:
+                keep = sorted(set(range(len(positions))) - set(bad))
+                positions = [positions[row] for row in keep]
+                vals, idx, lse = vals[keep], idx[keep], None if lse is None else lse[keep]
+        if positions:
+            self.sink.put(([self.keys[p] for p in positions], (vals, idx, lse)))
+            self.annotated += len(positions)
 
 
 def _default_workers(is_cuda: bool) -> int:

@@ -2,7 +2,7 @@
 
 The writer thread encodes, compresses and writes records with :class:`relabel_maps.Writer` and
 flushes after every batch, behind a bounded queue (back-pressure instead of unbounded memory), so
-the device never waits for the disk.
+the device never waits for the disk. Batches arrive on the host, checked (finite values only).
 """
 
 from __future__ import annotations
@@ -13,20 +13,18 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
-
 from ..errors import WriterError
 from ..writer import Writer
 from .step import TopK
 
 __all__ = ["FailureLog", "RecordSink", "failed_keys"]
 
-#: one batch for the writer: its keys, the step's host-side results, and the event that marks them ready
-Job = tuple[Sequence[str], TopK, torch.cuda.Event | None]
+#: one batch for the writer: its keys and the step's results on the host
+Job = tuple[Sequence[str], TopK]
 
 
 class RecordSink(threading.Thread):
-    """Background writer: waits for a batch's device-to-host copy, adds its records, flushes."""
+    """Background writer: adds a batch's records and flushes."""
 
     def __init__(self, writer: Writer, maxsize: int, on_written: Callable[[int], None]) -> None:
         super().__init__(name="relabel-maps-writer", daemon=True)
@@ -58,9 +56,7 @@ class RecordSink(threading.Thread):
             except BaseException as exc:  # noqa: BLE001 - reported to the producer
                 self.error = exc
 
-    def _write(self, keys: Sequence[str], result: TopK, event: torch.cuda.Event | None) -> None:
-        if event is not None:
-            event.synchronize()
+    def _write(self, keys: Sequence[str], result: TopK) -> None:
         vals, idx, lse = result[0].numpy(), result[1].numpy(), result[2]
         lse_np = None if lse is None else lse.numpy()
         for j, key in enumerate(keys):  # Writer.add casts to the file's index dtype

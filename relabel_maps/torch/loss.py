@@ -19,10 +19,15 @@ def soft_target_cross_entropy(
 ) -> Tensor:
     """Cross-entropy against soft targets (class dimension 1), optionally mixed with the hard label:
     ``t = (1 - alpha) * soft_targets + alpha * one_hot(target)``. ``target`` holds class indices, or
-    already (mixed) one-hot rows ``(B, C)`` as returned by :class:`LabelMapMixup`."""
+    already (mixed) one-hot rows ``(B, C)`` as returned by :class:`LabelMapMixup`.
+
+    The targets and the loss are computed in float32 (float64 when either input is) whatever the
+    logits' dtype: bfloat16 targets would shift each row's sum by ~2e-3, and a bfloat16 log-softmax
+    rounds every term. The gradient reaches the logits in their own dtype."""
     if not 0.0 <= alpha <= 1.0:
         raise InvalidArgumentError(f"alpha must lie in [0, 1], got {alpha}")
-    t = soft_targets.to(logits.dtype)
+    dtype = torch.promote_types(torch.promote_types(soft_targets.dtype, logits.dtype), torch.float32)
+    t = soft_targets.to(dtype)
     if alpha > 0.0:
         if target is None:
             raise InvalidArgumentError("alpha > 0 needs the hard target")
@@ -33,7 +38,7 @@ def soft_target_cross_entropy(
         if t.ndim > 2:
             one_hot = one_hot.reshape(one_hot.shape + (1,) * (t.ndim - 2))
         t = (1.0 - alpha) * t + alpha * one_hot
-    loss = -(t * torch.log_softmax(logits, dim=1)).sum(1)
+    loss = -(t * torch.log_softmax(logits.to(dtype), dim=1)).sum(1)
     if reduction == "mean":
         return loss.mean()
     if reduction == "sum":

@@ -4,6 +4,13 @@
 weighted top-k entries with one ``index_add_``; no dense ``(B, C, H, W)`` tensor is formed. The
 results match the numpy reference (:mod:`relabel_maps.pooling`) to ``1e-5``, whose option and box
 checks it shares.
+
+No host synchronisation when the boxes come from the host (a list, numpy, a CPU tensor, or a
+:class:`LabelMapBatch` moved to the device, which keeps a host copy of its boxes): they are checked
+and measured there and copied to the device without blocking. Boxes already on the device cost one
+synchronisation (they are read back once). On CUDA, ``index_add_`` adds with atomics, so results can
+differ in the last bits from run to run; ``torch.use_deterministic_algorithms(True)`` makes it take
+its deterministic path.
 """
 
 from __future__ import annotations
@@ -23,10 +30,25 @@ from ..pooling import check_boxes, check_pool_options
 __all__ = ["pool_batch", "finish_pooled", "LabelMapBatch", "stack_label_maps"]
 
 
-def _axis_weights(lo: Tensor, hi: Tensor, n: int, size: int, sampling_ratio: int, dtype: torch.dtype) -> Tensor:
+def _samples_per_bin(lo: np.ndarray, hi: np.ndarray, n: int, size: int, sampling_ratio: int) -> int:
+    """The most samples per bin (RoIAlign's adaptive grid) of host boxes ``lo``/``hi`` along one axis,
+    in the float32 arithmetic :func:`_axis_weights` uses on the device."""
+    if sampling_ratio > 0:
+        return sampling_ratio
+    if lo.size == 0:
+        return 1
+    f32 = np.float32
+    start = (lo * n).astype(f32) - f32(0.5)
+    roi = ((hi * n).astype(f32) - f32(0.5)) - start
+    return max(1, int(np.ceil(roi / f32(size)).max()))
+
+
+def _axis_weights(lo: Tensor, hi: Tensor, n: int, size: int, sampling_ratio: int, dtype: torch.dtype,
+                  g_max: int) -> Tensor:
     """RoIAlign (aligned) bilinear weights along one axis, averaged over each bin's samples.
 
-    ``lo``/``hi`` are ``(B,)`` normalised box edges; returns ``(B, size, n)``. The 2-D RoIAlign
+    ``lo``/``hi`` are ``(B,)`` normalised box edges and ``g_max`` (from :func:`_samples_per_bin`) the
+    most samples any bin takes; returns ``(B, size, n)``. The 2-D RoIAlign
     weight of grid cell ``(h, w)`` for bin ``(i, j)`` is ``Wy[i, h] * Wx[j, w]`` because the
     bilinear kernel, the in-range test and the sample grid are all separable. The arithmetic
     follows torchvision's kernel (and :mod:`relabel_maps.pooling`) in float32, so sample counts and
@@ -38,7 +60,6 @@ def _axis_weights(lo: Tensor, hi: Tensor, n: int, size: int, sampling_ratio: int
         grid = torch.full_like(roi, float(sampling_ratio))
     else:
         grid = torch.ceil(roi / size).clamp(min=1.0)
-    g_max = int(grid.max().item()) if grid.numel() else 1
     half = torch.arange(g_max, device=lo.device, dtype=torch.float32) + 0.5
     bins = torch.arange(size, device=lo.device, dtype=torch.float32)
     step_, grid_ = step[:, None, None], grid[:, None, None]
@@ -105,15 +126,28 @@ def finish_pooled(pooled: Tensor, fill: str, dim: int = 1) -> Tensor:
     return torch.where(tot > 0, pooled / tot.clamp(min=1e-30), torch.full_like(pooled, 1.0 / pooled.shape[dim]))
 
 
-def _checked_boxes(boxes: Any, count: int, device: torch.device) -> Tensor:
-    """``(count, 4)`` float64 boxes on ``device``, checked by :func:`relabel_maps.pooling.check_boxes`."""
-    out = torch.as_tensor(boxes, dtype=torch.float64, device=device)
-    if out.numel() % 4 == 0:
-        out = out.reshape(-1, 4)
-    check_boxes(out.detach().cpu().numpy())
-    if out.shape[0] != count:
-        raise InvalidBoxError(f"{out.shape[0]} boxes for {count} label maps")
-    return out
+def _to_device(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` on ``device`` without a host synchronisation (through pinned memory for CUDA)."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        t = t if t.is_pinned() else t.pin_memory()
+        return t.to(device, non_blocking=True)
+    return t.to(device)
+
+
+def _checked_boxes(boxes: Any, count: int, device: torch.device) -> tuple[Tensor, np.ndarray]:
+    """``(count, 4)`` float64 boxes on ``device`` and on the host, checked by
+    :func:`relabel_maps.pooling.check_boxes` (boxes on a device are read back: one synchronisation)."""
+    host = boxes.detach().cpu() if isinstance(boxes, Tensor) else boxes
+    arr = np.asarray(host, dtype=np.float64)
+    if arr.size % 4 == 0:
+        arr = arr.reshape(-1, 4)
+    arr = check_boxes(arr)
+    if arr.shape[0] != count:
+        raise InvalidBoxError(f"{arr.shape[0]} boxes for {count} label maps")
+    on_device = isinstance(boxes, Tensor) and boxes.device == device and boxes.dtype == torch.float64
+    return (boxes.reshape(count, 4) if on_device else _to_device(torch.from_numpy(arr), device)), arr
 
 
 def pool_batch(
@@ -146,12 +180,11 @@ def pool_batch(
         counts: ``(B, H, W)`` valid entries per location (variable k).
         activate: False returns the linearly pooled quantity (logits for ``fill="zero"`` on logits,
             probabilities otherwise) before the final softmax, for region arithmetic.
-        dtype: accumulation precision; ``None`` (default) picks, per fill mode, the cheapest one
-            that keeps ``<= 1e-5`` agreement with the numpy reference: float32 for ``"topk"`` and
-            ``"uniform"`` (values are probabilities in [0, 1]; errors ~1e-7) and float64 for
-            ``"zero"`` (pooled logits of ~25 in float32 are off by a few ulps, ~1e-5, which the
-            softmax passes on as probability errors of a few 1e-6, more for larger logits).
-            float32 for ``"zero"`` is ~1.5x faster on a CPU (more on GPUs with slow float64).
+        dtype: accumulation precision; ``None`` (default): float32, which keeps ``<= 1e-5``
+            agreement with the float64 numpy reference in every fill mode (probabilities: errors
+            ~2e-7; ``"zero"`` on logits: pooled logits of ~35 are off by a few ulps, which the softmax
+            passes on as probability errors of a few 1e-6), ~1.5x faster than float64 on a CPU and
+            far faster on GPUs with slow float64. ``torch.float64`` for the reference's own rounding.
 
     Returns float32 ``(B, C)`` for ``size == 1`` else ``(B, C, S, S)``.
     """
@@ -162,20 +195,21 @@ def pool_batch(
     fill, temperature = check_pool_options(fill, temperature, score_kind=score_kind, has_lse=lse is not None)
     if isinstance(size, bool) or int(size) != size or size < 1:
         raise InvalidArgumentError(f"size must be a positive int, got {size!r}")
-    if dtype is None:
-        dtype = torch.float64 if fill == "zero" else torch.float32
+    dtype = torch.float32 if dtype is None else dtype
     b, k, h, w = indices.shape
     s, c = int(size), int(num_classes)
     device = scores.device
-    box_t = _checked_boxes(boxes, b, device)
-    wy = _axis_weights(box_t[:, 1], box_t[:, 3], h, s, sampling_ratio, dtype)  # (B, S, H)
-    wx = _axis_weights(box_t[:, 0], box_t[:, 2], w, s, sampling_ratio, dtype)  # (B, S, W)
+    box_t, host = _checked_boxes(boxes, b, device)
+    gy = _samples_per_bin(host[:, 1], host[:, 3], h, s, sampling_ratio)
+    gx = _samples_per_bin(host[:, 0], host[:, 2], w, s, sampling_ratio)
+    wy = _axis_weights(box_t[:, 1], box_t[:, 3], h, s, sampling_ratio, dtype, gy)  # (B, S, H)
+    wx = _axis_weights(box_t[:, 0], box_t[:, 2], w, s, sampling_ratio, dtype, gx)  # (B, S, W)
     if flips is not None and s > 1:  # a mirrored crop's bins are mirrored; its box is not
-        flip = torch.as_tensor(flips, device=device).reshape(b).bool()
+        flip = _to_device(torch.as_tensor(flips), device).reshape(b).bool()
         wx = torch.where(flip[:, None, None], wx.flip(1), wx)
     valid = None
     if counts is not None:
-        valid = torch.arange(k, device=device)[None, :, None, None] < counts.to(device)[:, None].long()
+        valid = torch.arange(k, device=device)[None, :, None, None] < _to_device(counts, device)[:, None].long()
     vals, base = _entry_values(scores, valid, lse, fill, temperature, score_kind, c, dtype)
     if base is not None:  # stored classes get v - u on top of the u every class gets; padding gets nothing
         vals = vals - base[:, None]
@@ -204,7 +238,9 @@ def pool_batch(
 class LabelMapBatch:
     """A batch of sparse label maps with their crop boxes, ready for :func:`pool_batch`.
 
-    Works as a DataLoader batch (``pin_memory`` and ``to`` are supported)."""
+    Works as a DataLoader batch (``pin_memory`` and ``to`` are supported). Moved to a device, it
+    keeps a host copy of its boxes, so :meth:`pool` checks them without a device synchronisation
+    (the copy is dropped when ``boxes`` is replaced or changed in place)."""
 
     indices: Tensor  # (B, k, H, W) int32 / int64
     scores: Tensor  # (B, k, H, W) float32
@@ -215,6 +251,8 @@ class LabelMapBatch:
     lse: Tensor | None = None  # (B, H, W)
     counts: Tensor | None = None  # (B, H, W) uint8
     keys: list[str] = field(default_factory=list)
+    #: (device boxes, their version counter, the same boxes on the host) once moved to a device
+    _host_boxes: tuple[Tensor, int, Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
@@ -223,8 +261,22 @@ class LabelMapBatch:
         def opt(t: Tensor | None) -> Tensor | None:
             return None if t is None else fn(t)
 
-        return LabelMapBatch(fn(self.indices), fn(self.scores), fn(self.boxes), fn(self.flips), self.num_classes,
-                             self.score_kind, opt(self.lse), opt(self.counts), list(self.keys))
+        out = LabelMapBatch(fn(self.indices), fn(self.scores), fn(self.boxes), fn(self.flips), self.num_classes,
+                            self.score_kind, opt(self.lse), opt(self.counts), list(self.keys))
+        host = self._host_copy()
+        if host is not None:
+            out._host_boxes = (out.boxes, out.boxes._version, host)
+        return out
+
+    def _host_copy(self) -> Tensor | None:
+        """The boxes on the host without a synchronisation, if known."""
+        if self.boxes.device.type == "cpu":
+            return self.boxes
+        if self._host_boxes is not None:
+            boxes, version, host = self._host_boxes
+            if boxes is self.boxes and version == self.boxes._version:
+                return host
+        return None
 
     def to(self, device: Any, non_blocking: bool = False) -> LabelMapBatch:
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
@@ -244,8 +296,11 @@ class LabelMapBatch:
     ) -> Tensor:
         """Soft labels ``(B, C)`` (or ``(B, C, S, S)``) over the batch's boxes (or ``boxes``); see
         :func:`pool_batch`."""
+        if boxes is None:
+            host = self._host_copy()
+            boxes = self.boxes if host is None else host
         return pool_batch(
-            self.indices, self.scores, self.boxes if boxes is None else boxes, self.flips, self.num_classes,
+            self.indices, self.scores, boxes, self.flips, self.num_classes,
             size=size, fill=fill, temperature=temperature, lse=self.lse, counts=self.counts,
             score_kind=self.score_kind, sampling_ratio=sampling_ratio, activate=activate, dtype=dtype,
         )
