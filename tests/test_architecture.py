@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "relabel_maps"
-FACES = ("torch", "hub", "annotate", "convert")
+FACES = ("torch", "hub", "annotate", "convert", "audit")
 CORE_THIRD_PARTY = {"numpy", "zstandard"}
 MAX_CORE_LINES = 450
 
