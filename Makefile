@@ -31,7 +31,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 check: install
-	$(BIN)/ruff check relabel_maps cli tests benchmarks examples spec
+	$(BIN)/ruff check relabel_maps cli tests benchmarks examples spec docs
 	$(BIN)/mypy
 
 bench: install
