@@ -12,6 +12,11 @@ the other classes, then pooled).
 
     python benchmarks/bench_size.py [-n 180] [--boxes 48]
     RELABEL_REAL_TEACHER=lite2-packaged python benchmarks/bench_size.py   # maps of a stronger teacher
+    python benchmarks/bench_size.py --levels 1,3,5,6,9,19   # only: bytes and zstd time per level
+
+The layouts are compared at zstd level 19; ``--levels`` measures what the level costs and saves
+(bytes per image through the real container, one-thread zstd microseconds per record) for the
+writers' default encodings (spec/ENCODINGS.md, "Compression level").
 """
 
 from __future__ import annotations
@@ -171,13 +176,55 @@ def decode_us(spec: dict[str, Any], data: dict[str, np.ndarray]) -> tuple[float,
     return best(lambda: codec.decode(body, k, h, w, 0, i.dtype)), best(lambda: dctx.decompress(frame))
 
 
+def level_sweep(data: dict[str, np.ndarray], levels: list[int]) -> None:
+    """Bytes per image (through the container) and zstd microseconds per record, per level."""
+    import relabel_maps
+
+    specs = [("compact", ENCODINGS[3][1]), ("f16", ENCODINGS[1][1]), ("f32", ENCODINGS[0][1])]
+    k = data["indices"].shape[1]
+    sizes: dict[tuple[str, int], float] = {}
+    print(f"\n{'level':>5}  " + "  ".join(f"{name + ' B/image':>16} {'zstd us/rec':>11}" for name, _ in specs))
+    for level in levels:
+        cells = []
+        for name, spec in specs:
+            codec = get_codec(spec)
+            bodies = [codec.encode(RecordArrays(i, s, None, None)) for i, s in zip(data["indices"], data["scores"],
+                                                                                    strict=True)]
+            cz = zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=False)
+            best = min(_seconds(lambda b=bodies, c=cz: [c.compress(x) for x in b]) for _ in range(3))
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "maps.rlm")
+                keys = [f"{n:05d}" for n in range(len(bodies))]
+                with relabel_maps.Writer(path, num_classes=NUM_CLASSES, k=k, encoding=spec, level=level) as wr:
+                    wr.add_many(keys, data["indices"], data["scores"])
+                sizes[name, level] = os.path.getsize(path) / len(bodies)
+            cells.append(f"{sizes[name, level]:16.1f} {best / len(bodies) * 1e6:11.1f}")
+        print(f"{level:5d}  " + "  ".join(cells))
+    top = max(levels)
+    for name, _ in specs:
+        print(f"{name}: bytes vs level {top}: " + ", ".join(
+            f"{lv}: {(sizes[name, lv] / sizes[name, top] - 1) * 100:+.2f}%" for lv in levels))
+
+
+def _seconds(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=180, help="number of real maps")
     ap.add_argument("--boxes", type=int, default=48, help="random boxes per map for the pooled error")
+    ap.add_argument("--levels", help="only measure these zstd levels (comma-separated)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     data = real_maps.load(args.n)
+    if args.levels:
+        print(real_maps.describe(data))
+        level_sweep(data, [int(v) for v in args.levels.split(",")])
+        print(f"({time.perf_counter() - t0:.0f} s)")
+        return
     idx, sc = data["indices"], data["scores"]
     print(real_maps.describe(data))
     err = PooledError(idx, sc, args.boxes)

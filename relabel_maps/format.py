@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .errors import CorruptRecordError, FormatError, UnsupportedVersionError
+from .keys import check_sorted
 
 __all__ = [
     "FORMAT_VERSION",
@@ -55,7 +56,7 @@ __all__ = [
     "check_major",
     "check_version_string",
     "VERSION_STRING_RE",
-    "decode_keys",
+    "check_keys",
     "RECORD_HEADER_STRUCT",
     "pack_footer",
     "assemble",
@@ -284,7 +285,7 @@ def parse_index(
 
     Checks: exact size, contiguous key spans, key lengths, offsets inside ``[16, records_end)``,
     record lengths, no overlapping records. Key UTF-8 validity and strict sorting are checked by
-    :func:`decode_keys`.
+    :func:`check_keys`.
     """
     table = count * INDEX_ROW_SIZE
     if len(buf) < table:
@@ -319,22 +320,9 @@ def parse_index(
     return rows, blob
 
 
-def decode_keys(rows: np.ndarray, blob: bytes) -> list[str]:
-    """Decode the keys of a parsed index; reject invalid UTF-8 and keys not strictly increasing."""
-    keys: list[str] = []
-    prev: bytes | None = None
-    for start, length in zip(rows["key_offset"].tolist(), rows["key_length"].tolist(), strict=True):
-        kb = blob[start : start + length]
-        if prev is not None and kb <= prev:
-            raise FormatError(
-                "duplicate key in index" if kb == prev else "index keys are not sorted by UTF-8 bytes"
-            )
-        prev = kb
-        try:
-            keys.append(kb.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise FormatError("an index key is not valid UTF-8") from None
-    return keys
+def check_keys(rows: np.ndarray, blob: bytes) -> None:
+    """Check the keys of a parsed index: valid UTF-8, strictly increasing (whole-array operations)."""
+    check_sorted(blob, rows["key_offset"], rows["key_length"])
 
 
 # -------------------------------------------------------------------------------------- metadata

@@ -6,11 +6,17 @@ when accessed. Works on a path (memory-mapped) or on any seekable binary file ob
 :mod:`relabel_maps.source`); a reader used in a forked child process reopens its file on first use
 (a file object that can be neither reopened nor read positionally is refused there). Records are
 decoded and checked by :mod:`relabel_maps.records`.
+
+Keys are never held as Python objects (:mod:`relabel_maps.keys`): a file read by position (mapped,
+or an OS file read with ``pread``) keeps its index on file -- a lookup reads one index row and one
+key -- and any other source keeps the index bytes as one object; a key is found through an
+8-byte-per-key hash index built on the first lookup, which forked workers share.
 """
 
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple, TypeVar
 
@@ -20,6 +26,7 @@ from . import format as fmt
 from .codecs import codec_from_metadata
 from .dictionary import ZSTD_DICT_MAGIC, check_dictionary
 from .errors import CorruptRecordError, FormatError, InvalidArgumentError, MissingKeyError, RelabelMapsError
+from .keys import HashIndex, key_hashes
 from .labelmap import LabelMap
 from .records import RecordDecoder, check_decoded
 from .source import ByteSource, Source
@@ -36,6 +43,12 @@ __all__ = [
 ]
 
 _Self = TypeVar("_Self", bound="LabelMaps")
+#: one index row: record offset, record length, record CRC32, key offset, key length (fmt.INDEX_DTYPE)
+_ROW = struct.Struct("<QIIII")
+assert _ROW.size == fmt.INDEX_ROW_SIZE
+#: index rows read at a time when iterating or checking
+_CHUNK = 16384
+Row = tuple[int, int, int, int, int]
 
 
 class Problem(NamedTuple):
@@ -127,7 +140,8 @@ class Reader(LabelMaps):
         self._src: ByteSource | None = None
         self._limits = limits
         self._verify_reads = bool(verify)
-        self._lookup: dict[str, int] | None = None
+        self._hashes: HashIndex | None = None
+        self._hit: tuple[object, tuple[int, Row] | None] = (None, None)  # the last key found
         src = ByteSource(source)
         self._src = src
         try:
@@ -177,69 +191,145 @@ class Reader(LabelMaps):
         self._dict_bytes = bytes(dict_b)
         check_dictionary(self._dict_bytes)
         rows, blob = fmt.parse_index(index_b, t.record_count, t.footer_offset, lim)
-        self._keys = fmt.decode_keys(rows, blob)
-        self._offsets: list[int] = rows["offset"].tolist()
-        self._nbytes: list[int] = rows["nbytes"].tolist()
-        self._crcs: list[int] = rows["crc32"].tolist()
+        fmt.check_keys(rows, blob)
+        self._count = t.record_count
+        self._index_at = t.footer_offset + t.metadata_length + t.dictionary_length  # in the file
+        self._blob_at = t.record_count * fmt.INDEX_ROW_SIZE  # in the index
+        # a file read by position (mapped or ``pread``) keeps its index on file; any other source, in one bytes object
+        self._index_mem = None if src.positional else bytes(index_b)
+        spans = [(int(rows["key_offset"][i]), int(rows["key_length"][i])) for i in (0, -1)] if len(rows) else []
+        first_last = [blob[a : a + n].decode("utf-8") for a, n in spans]
+        self._range = (first_last[0], first_last[1]) if first_last else None
         self._pid = os.getpid()
         self._decoder = RecordDecoder(
             num_classes=self.num_classes, k=self.k, score_kind=self.score_kind, codec=self.codec,
             dictionary=self._dict_bytes, metadata=meta, limits=lim,
         )
 
+    # -------------------------------------------------------------------------- index
+    def _source(self) -> ByteSource:
+        """The open source, reopened first in a forked child (with fresh decompressors)."""
+        src = self._src
+        if src is None:
+            raise InvalidArgumentError("reader is closed")
+        if self._pid != os.getpid():
+            src.check_fork()
+            self._decoder.reset()
+            self._pid = os.getpid()
+        return src
+
+    def _index_read(self, pos: int, n: int) -> bytes:
+        """``n`` bytes at ``pos`` of the index (rows, then the key blob)."""
+        mem = self._index_mem
+        if mem is not None:
+            return mem[pos : pos + n]
+        data = self._source().read(self._index_at + pos, n)
+        if len(data) != n:
+            raise FormatError(f"{self.name}: the index is truncated")
+        return data
+
+    def _row(self, i: int) -> Row:
+        """Index row ``i``: ``(offset, nbytes, crc32, key offset, key length)``."""
+        return _ROW.unpack(self._index_read(i * fmt.INDEX_ROW_SIZE, fmt.INDEX_ROW_SIZE))
+
+    def _key_of(self, row: Row) -> bytes:
+        return self._index_read(self._blob_at + row[3], row[4])
+
+    def _rows(self, start: int, stop: int) -> tuple[np.ndarray, bytes]:
+        """Index rows ``start .. stop - 1`` and their keys' bytes (``key_offset`` relative to the blob)."""
+        rows = np.frombuffer(self._index_read(start * fmt.INDEX_ROW_SIZE, (stop - start) * fmt.INDEX_ROW_SIZE),
+                             dtype=fmt.INDEX_DTYPE)
+        a = int(rows["key_offset"][0]) if len(rows) else 0
+        b = int(rows["key_offset"][-1]) + int(rows["key_length"][-1]) if len(rows) else 0
+        return rows, (b"" if a == b else self._index_read(self._blob_at + a, b - a))
+
+    def key_slice(self, start: int, stop: int) -> list[str]:
+        """Keys ``start .. stop - 1`` in key order (``0 <= start``; ``stop`` may pass the end)."""
+        rows, blob = self._rows(start, min(stop, self._count))
+        if not len(rows):
+            return []
+        cuts = (rows["key_offset"] - rows["key_offset"][0]).tolist()
+        return [blob[a : a + n].decode("utf-8") for a, n in zip(cuts, rows["key_length"].tolist(), strict=True)]
+
+    def _hash_index(self) -> HashIndex:
+        """The hash index of the keys, built on first use (8 bytes per key)."""
+        index = self._hashes
+        if index is None:
+            rows, blob = self._rows(0, self._count)  # the blob of every key starts at key offset 0
+            index = self._hashes = HashIndex(key_hashes(blob, rows["key_offset"], rows["key_length"]))
+        return index
+
+    def _lookup(self, key: object) -> tuple[int, Row] | None:
+        """``(position, index row)`` of ``key``, or ``None``."""
+        if not isinstance(key, str) or not self._count:
+            return None
+        hit = self._hit
+        if hit[0] == key:  # e.g. a dataset's lookup, then the record of that key
+            return hit[1]
+        try:
+            kb = key.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: never a stored key
+            return None
+        for i in self._hash_index().candidates(kb):
+            row = self._row(i)
+            if self._key_of(row) == kb:
+                self._hit = (key, (i, row))
+                return i, row
+        return None
+
+    def _find(self, key: str | int) -> tuple[str, Row]:
+        """``(key, index row)`` of key ``key`` or of position ``key``; :class:`MissingKeyError` when absent."""
+        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+            row = self._row(self._position(key))
+            return self._key_of(row).decode("utf-8"), row
+        found = self._lookup(key)
+        if found is None:
+            raise MissingKeyError(f"key {key!r} not found in {self.name}")
+        return key, found[1]  # type: ignore[return-value]
+
     # -------------------------------------------------------------------------- mapping API
     def __len__(self) -> int:
-        return len(self._keys)
+        return self._count
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._keys)
-
-    def _index(self) -> dict[str, int]:
-        if self._lookup is None:
-            self._lookup = {key: i for i, key in enumerate(self._keys)}
-        return self._lookup
+        for start in range(0, self._count, _CHUNK):
+            yield from self.key_slice(start, start + _CHUNK)
 
     def __contains__(self, key: object) -> bool:
-        try:
-            return key in (self._lookup if self._lookup is not None else self._index())
-        except TypeError:  # unhashable
-            return False
+        return self._lookup(key) is not None
 
     def position_of(self, key: object) -> int | None:
         """Position of ``key`` in key order (as :meth:`at` takes it), or ``None`` when absent."""
-        if not isinstance(key, str):
-            return None
-        return (self._lookup if self._lookup is not None else self._index()).get(key)
-
-    def _find(self, key: str) -> int:
-        """Position of ``key`` in key order; :class:`MissingKeyError` when absent."""
-        try:
-            return (self._lookup if self._lookup is not None else self._index())[key]
-        except (KeyError, TypeError):
-            raise MissingKeyError(f"key {key!r} not found in {self.name}") from None
+        found = self._lookup(key)
+        return None if found is None else found[0]
 
     def __getitem__(self, key: str) -> LabelMap:
-        return self._record(self._find(key), key)
+        if not isinstance(key, str):
+            raise MissingKeyError(f"key {key!r} not found in {self.name}")
+        return self._record(*self._find(key))
 
     def at(self, i: int) -> tuple[str, LabelMap]:
         """``(key, LabelMap)`` of the ``i``-th record in key order."""
-        j = self._position(i)
-        key = self._keys[j]
-        return key, self._record(j, key)
+        key, row = self._find(self._position(i))
+        return key, self._record(key, row)
 
     def key_at(self, i: int) -> str:
         """The ``i``-th key in key order."""
-        return self._keys[self._position(i)]
+        return self._find(self._position(i))[0]
 
     @property
     def key_range(self) -> tuple[str, str] | None:
         """``(first key, last key)`` in key order, or ``None`` for a file without records."""
-        return (self._keys[0], self._keys[-1]) if self._keys else None
+        return self._range
 
     def record_nbytes(self, key: str | int) -> int:
         """Stored size in bytes (record header + compressed frame) of record ``key``, or of the
         ``key``-th record in key order when ``key`` is an ``int``."""
-        return self._nbytes[self._find(key) if isinstance(key, str) else self._position(key)]
+        return self._find(key)[1][1]
+
+    def record_offset(self, key: str | int) -> int:
+        """Where record ``key`` (or the ``key``-th record in key order) starts in the file."""
+        return self._find(key)[1][0]
 
     @property
     def name(self) -> str:
@@ -265,55 +355,52 @@ class Reader(LabelMaps):
     def read_record(self, key: str | int) -> bytes:
         """Stored bytes (record header + zstd frame) of record ``key``, or of the ``key``-th record
         in key order when ``key`` is an ``int``. The frame uses this file's :attr:`dictionary`."""
-        i = self._find(key) if isinstance(key, str) else self._position(key)
-        rec = self._read(i)
+        name, row = self._find(key)
+        rec = self._read(name, row)
         if self._verify_reads:
-            self._check_crc(i, rec)
+            self._check_crc(name, row, rec)
         return rec
 
-    def _read(self, i: int) -> bytes:
-        src = self._src
-        if src is None:
-            raise InvalidArgumentError("reader is closed")
-        if self._pid != os.getpid():  # forked: fresh file handle and decompressors in this process
-            src.check_fork()
-            self._decoder.reset()
-            self._pid = os.getpid()
-        n = self._nbytes[i]
-        rec = src.read(self._offsets[i], n)
-        if len(rec) != n:
-            raise CorruptRecordError(f"record of {self._keys[i]!r} is truncated")
+    def _read(self, key: str, row: Row) -> bytes:
+        rec = self._source().read(row[0], row[1])
+        if len(rec) != row[1]:
+            raise CorruptRecordError(f"record of {key!r} is truncated")
         return rec
 
-    def _check_crc(self, i: int, rec: bytes) -> None:
-        if fmt.crc32(rec) != self._crcs[i]:
-            raise CorruptRecordError(f"CRC32 mismatch in record {self._keys[i]!r}")
+    def _check_crc(self, key: str, row: Row, rec: bytes) -> None:
+        if fmt.crc32(rec) != row[2]:
+            raise CorruptRecordError(f"CRC32 mismatch in record {key!r}")
 
-    def _record(self, i: int, key: str) -> LabelMap:
-        rec = self._read(i)
+    def _record(self, key: str, row: Row) -> LabelMap:
+        rec = self._read(key, row)
         if self._verify_reads:
-            self._check_crc(i, rec)
+            self._check_crc(key, row, rec)
         return self._decoder.decode(rec, key)
 
     # -------------------------------------------------------------------------- integrity
     def check(self, progress: Callable[[int], None] | None = None) -> list[Problem]:
         """Every problem of the file (see :meth:`verify`); ``progress(1)`` once it is checked."""
         problems: list[str] = []
-        order = sorted(range(len(self._keys)), key=self._offsets.__getitem__)
-        pos = fmt.HEADER_SIZE
-        for i in order:
-            if self._offsets[i] != pos:
-                problems.append(f"gap or reordering before record {self._keys[i]!r} at offset {self._offsets[i]}")
-            pos = self._offsets[i] + self._nbytes[i]
-        if pos != self.trailer.footer_offset:
-            problems.append(f"records area ends at {pos}, footer starts at {self.trailer.footer_offset}")
-        for i, key in enumerate(self._keys):
-            try:
-                rec = self._read(i)
-                self._check_crc(i, rec)
-                check_decoded(self._decoder.decode(rec, key))
-            except RelabelMapsError as exc:
-                problems.append(str(exc))
+        rows, _ = self._rows(0, self._count)
+        order = np.argsort(rows["offset"], kind="stable")
+        start, size = rows["offset"][order].astype(np.int64), rows["nbytes"][order].astype(np.int64)
+        expected = np.concatenate(([fmt.HEADER_SIZE], (start + size)[:-1]))
+        for j in np.flatnonzero(start != expected).tolist():
+            key = self._key_of(self._row(int(order[j]))).decode("utf-8")
+            problems.append(f"gap or reordering before record {key!r} at offset {int(start[j])}")
+        end = int(start[-1] + size[-1]) if len(start) else fmt.HEADER_SIZE
+        if end != self.trailer.footer_offset:
+            problems.append(f"records area ends at {end}, footer starts at {self.trailer.footer_offset}")
+        del rows, order, start, size, expected
+        for first in range(0, self._count, _CHUNK):
+            for i, key in enumerate(self.key_slice(first, first + _CHUNK), start=first):
+                try:
+                    row = self._row(i)
+                    rec = self._read(key, row)
+                    self._check_crc(key, row, rec)
+                    check_decoded(self._decoder.decode(rec, key))
+                except RelabelMapsError as exc:
+                    problems.append(str(exc))
         if progress is not None:
             progress(1)
         return [Problem("", p) for p in problems]

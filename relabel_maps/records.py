@@ -1,28 +1,41 @@
 """A stored record's bytes (spec/FORMAT.md, "Records") and the label map they hold.
 
 :class:`RecordEncoder` turns a label map into a record (record header + zstd frame of the codec's
-body); :class:`RecordDecoder` checks a record against the reject rules R21-R25 before and while it
+body), or a batch of label maps into records with a few numpy calls per batch and the zstd frames
+compressed on several threads (:meth:`RecordEncoder.encode_many`, the same bytes as one by one);
+:class:`RecordDecoder` checks a record against the reject rules R21-R25 before and while it
 decodes it; :func:`check_decoded` adds the full label-map checks that ``verify()`` runs.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
 import zstandard
 
 from . import format as fmt
-from .codecs import FLAG_COUNTS, FLAG_LSE, Codec, RecordArrays
-from .errors import CorruptRecordError, FormatError, InvalidLabelMapError, RelabelMapsError, WriterError
+from .codecs import FLAG_COUNTS, FLAG_LSE, Bodies, Codec, RecordArrays, encode_many
+from .errors import (
+    CorruptRecordError,
+    FormatError,
+    InvalidArgumentError,
+    InvalidLabelMapError,
+    RelabelMapsError,
+    WriterError,
+)
 from .labelmap import LabelMap
 
-__all__ = ["RecordDecoder", "RecordEncoder", "check_decoded"]
+__all__ = ["EncodedBatch", "RecordDecoder", "RecordEncoder", "check_decoded"]
 
 _RECORD_HEADER = fmt.RECORD_HEADER_STRUCT
+#: maps encoded at a time by :meth:`RecordEncoder.records_many` (their compression overlaps the next chunk's encoding)
+CHUNK = 64
 _F32 = np.dtype(np.float32)
 #: the magic number of a zstd frame, little-endian (RFC 8878 §3.1.1)
 _ZSTD_MAGIC = (0xFD2FB528).to_bytes(4, "little")
@@ -200,15 +213,25 @@ def check_decoded(lm: LabelMap) -> None:
         raise CorruptRecordError(f"record {lm.key!r} is not sorted by descending score")
 
 
+class EncodedBatch(NamedTuple):
+    """Records of one shape before compression: their shared record header and their bodies."""
+
+    header: bytes
+    bodies: Bodies
+
+
 class RecordEncoder:
     """Encodes label maps of one structure (``num_classes``, at most ``k`` entries per location,
     codec) into records: the codec's body in a zstd frame, compressed with the file's dictionary
-    once :meth:`use_dictionary` has set it."""
+    once :meth:`use_dictionary` has set it. ``threads``: how many threads compress a batch
+    (default: one per CPU, at most 4; each thread takes at least 16 records)."""
 
-    def __init__(self, *, codec: Codec, num_classes: int, k: int, level: int) -> None:
-        self.codec, self.k, self.level = codec, k, level
-        self._index_itemsize = fmt.index_dtype_for(num_classes).itemsize
+    def __init__(self, *, codec: Codec, num_classes: int, k: int, level: int, threads: int | None = None) -> None:
+        self.codec, self.k, self.level, self.num_classes = codec, k, level, num_classes
+        self._index_dtype = fmt.index_dtype_for(num_classes)
+        self._index_itemsize = self._index_dtype.itemsize
         self._cctx: zstandard.ZstdCompressor | None = None
+        self.threads = max(1, int(threads or min(4, os.cpu_count() or 1)))
 
     def body(self, lm: LabelMap) -> tuple[bytes, bytes]:
         """``(record header, uncompressed body)`` of ``lm``, padding written canonically (index 0,
@@ -247,3 +270,111 @@ class RecordEncoder:
         """The zstd frame of ``body``."""
         assert self._cctx is not None, "use_dictionary() first"
         return self._cctx.compress(body)
+
+    # ------------------------------------------------------------------------------ batches
+    def encode_many(
+        self, keys: Sequence[str], indices: Any, scores: Any, counts: Any = None, lse: Any = None
+    ) -> EncodedBatch:
+        """The records of ``len(keys)`` label maps of one shape, uncompressed, exactly as :meth:`body`
+        of each (``LabelMap.from_arrays`` casts, sorts and checks them the same way): ``indices``/
+        ``scores`` stacked ``(N, k', H, W)``, ``counts``/``lse`` ``(N, H, W)``. A map that does not
+        fit raises the error :meth:`body` gives for the first such map, naming its key."""
+        ((header, bodies),) = self._chunks(keys, indices, scores, counts, lse, size=max(1, len(keys)))
+        return EncodedBatch(header, bodies)
+
+    def records_many(
+        self, keys: Sequence[str], indices: Any, scores: Any, counts: Any = None, lse: Any = None
+    ) -> list[bytes]:
+        """The stored records (record header + zstd frame) of :meth:`encode_many`'s maps: encoded
+        :data:`CHUNK` maps at a time while the chunks before are compressed on other threads."""
+        with ThreadPoolExecutor(1) as pool:
+            jobs = [(head, pool.submit(self.compress_many, bodies))
+                    for head, bodies in self._chunks(keys, indices, scores, counts, lse, size=CHUNK)]
+        return [head + frame for head, job in jobs for frame in job.result()]
+
+    def _chunks(
+        self, keys: Sequence[str], indices: Any, scores: Any, counts: Any, lse: Any, size: int
+    ) -> Iterator[tuple[bytes, Bodies]]:
+        """``(record header, bodies)`` of the maps, ``size`` at a time, all of them checked first."""
+        try:
+            arrays = self._prepare(len(keys), indices, scores, counts, lse)
+            n, k, h, w = arrays.indices.shape
+            header = fmt.pack_record_header(h, w, k, arrays.flags)
+            bound = self.codec.max_body_size(k, h, w, arrays.flags, self._index_itemsize)
+            for lo in range(0, max(n, 1), size):
+                idx, sc, cnt, lse_part = (None if a is None else a[lo : lo + size] for a in arrays)
+                assert idx is not None and sc is not None
+                bodies = encode_many(self.codec, RecordArrays(idx, sc, cnt, lse_part))
+                if len(bodies) and int(np.diff(bodies.offsets).max()) > bound:
+                    raise WriterError(f"encoding {self.codec.name!r} produced a body above its declared bound")
+                yield header, bodies
+        except InvalidLabelMapError as exc:
+            self._first_error(keys, indices, scores, counts, lse, exc)
+
+    def _prepare(self, n: int, indices: Any, scores: Any, counts: Any, lse: Any) -> RecordArrays:
+        """The batch as :meth:`body` would store each map: cast, checked, sorted, padding canonical."""
+        idx, sc = np.asarray(indices), np.asarray(scores, dtype=np.float32)
+        if idx.ndim != 4 or sc.shape != idx.shape or len(idx) != n:
+            raise InvalidArgumentError(
+                f"a batch of {n} maps has indices and scores of shape ({n}, k, H, W); got {idx.shape} and {sc.shape}"
+            )
+        _, k, h, w = idx.shape
+        lim = fmt.LIMITS
+        if not (0 < k <= self.k and 0 < h <= lim.max_height and 0 < w <= lim.max_width) or k * h * w > lim.max_entries:
+            raise InvalidLabelMapError(f"label maps {k}x{h}x{w} do not fit this writer or the format's limits")
+        if not np.issubdtype(idx.dtype, np.integer) or (n and (idx.min() < 0 or idx.max() >= self.num_classes)):
+            raise InvalidLabelMapError(f"class indices must be integers in [0, {self.num_classes})")
+        idx = idx.astype(self._index_dtype, copy=False)
+        valid = cnt = None
+        if counts is not None:
+            c = np.asarray(counts)
+            if c.shape != (n, h, w) or not np.issubdtype(c.dtype, np.integer) or (n and (c.min() < 1 or c.max() > k)):
+                raise InvalidLabelMapError(f"counts must be integers in [1, {k}] of shape {(n, h, w)}")
+            cnt = c.astype(np.uint8)
+            valid = np.arange(k)[None, :, None, None] < cnt[:, None]
+        keyed = -sc if valid is None else np.where(valid, -sc, np.inf)
+        if not (keyed[:, 1:] >= keyed[:, :-1]).all():  # not already in descending order: sort as from_arrays
+            order = np.argsort(keyed, axis=1, kind="stable")
+            idx, sc = np.take_along_axis(idx, order, axis=1), np.take_along_axis(sc, order, axis=1)
+        if not np.isfinite(sc).all():
+            raise InvalidLabelMapError("scores must be finite (found NaN or inf)")
+        lse_arr = None
+        if lse is not None:
+            lse_arr = np.asarray(lse, dtype=np.float32)
+            if lse_arr.shape != (n, h, w) or not np.isfinite(lse_arr).all():
+                raise InvalidLabelMapError(f"lse must be a finite float32 array of shape {(n, h, w)}")
+        if valid is not None and not valid.all():  # padding is stored canonically: index 0, score 0
+            idx, sc = np.where(valid, idx, 0).astype(idx.dtype), np.where(valid, sc, 0).astype(np.float32)
+        return RecordArrays(np.ascontiguousarray(idx), np.ascontiguousarray(sc), cnt, lse_arr)
+
+    def _first_error(
+        self, keys: Sequence[str], indices: Any, scores: Any, counts: Any, lse: Any, error: Exception
+    ) -> NoReturn:
+        """Raise the error of the first map :meth:`body` refuses, naming its key (else ``error``)."""
+        for i, key in enumerate(keys):
+            try:
+                lm = LabelMap.from_arrays(
+                    np.asarray(indices)[i], np.asarray(scores)[i], num_classes=self.num_classes,
+                    counts=None if counts is None else np.asarray(counts)[i], lse=None if lse is None else lse[i],
+                )
+                self.body(lm)
+            except RelabelMapsError as exc:
+                raise type(exc)(f"map {key!r}: {exc}") from None
+        raise error
+
+    def compress_many(self, bodies: Bodies) -> list[bytes]:
+        """The zstd frames of ``bodies``, compressed on up to :attr:`threads` threads (the same
+        frames as :meth:`compress` of each)."""
+        assert self._cctx is not None, "use_dictionary() first"
+        n, starts = len(bodies), bodies.offsets[:-1]
+        threads = min(self.threads, n // 16)
+        if threads < 2:
+            return [self.compress(body) for body in bodies]
+        segments = np.stack([starts, bodies.offsets[1:] - starts], axis=1).astype(np.uint64)
+        try:
+            frames = self._cctx.multi_compress_to_buffer(
+                zstandard.BufferWithSegments(bodies.data, segments.tobytes()), threads=threads
+            )
+        except (AttributeError, NotImplementedError):  # a zstandard backend without it (cffi)
+            return [self.compress(body) for body in bodies]
+        return [frames[i].tobytes() for i in range(n)]

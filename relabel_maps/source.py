@@ -141,6 +141,11 @@ class ByteSource:
         """The file's path when it was opened from one."""
         return self._path
 
+    @property
+    def positional(self) -> bool:
+        """Whether reads are positional (a mapping or ``pread``): cheap to repeat, no shared position."""
+        return self._path is not None or self._fd is not None
+
 
 def _file_id(fd: int | None) -> tuple[int, int] | None:
     """Device and inode of an OS file (``None`` without one)."""

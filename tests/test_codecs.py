@@ -15,8 +15,10 @@ from relabel_maps.codecs import (
     CODECS,
     FLAG_COUNTS,
     FLAG_LSE,
+    Bodies,
     RecordArrays,
     codec_from_metadata,
+    encode_many,
     get_codec,
     register_codec,
 )
@@ -458,3 +460,199 @@ def test_through_the_container(tmp_path, spec):
         for key, a in arrays.items():
             lm = maps[key]
             check(codec, a, RecordArrays(lm.indices, lm.scores, lm.counts, lm.lse))
+
+
+# ---------------------------------------------------------------------------------------------- batches
+def stack(records: list[RecordArrays]) -> RecordArrays:
+    """``N`` records of one shape as one batch of ``(N, ...)`` arrays."""
+    def st(name: str) -> Any:
+        parts = [getattr(r, name) for r in records]
+        return None if parts[0] is None else np.stack(parts)
+
+    return RecordArrays(st("indices"), st("scores"), st("counts"), st("lse"))
+
+
+def bodies_of(batch: Bodies) -> list[bytes]:
+    return [batch.data[a:b] for a, b in zip(batch.offsets[:-1].tolist(), batch.offsets[1:].tolist(), strict=True)]
+
+
+@pytest.mark.parametrize("spec", ALL, ids=lambda s: "-".join(map(str, s.values())))
+@pytest.mark.parametrize("lse,counts", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("shape", [(5, 15, 15, 1000), (3, 4, 5, 300), (4, 3, 3, 70000), (1, 1, 1, 2)])
+def test_encode_many_gives_the_bodies_of_encode(spec, lse, counts, shape):
+    codec = get_codec(spec)
+    rng = np.random.default_rng(sum(shape))
+    records = [make(rng, *shape, lse=lse, counts=counts, scale=8.0 * (1 + i % 3)) for i in range(9)]
+    batch = encode_many(codec, stack(records))
+    assert len(batch) == 9 and batch.offsets[0] == 0
+    assert bodies_of(batch) == [codec.encode(r) for r in records]
+    assert list(batch) == bodies_of(batch)
+
+
+@given(
+    k=st.integers(1, 6), h=st.integers(1, 5), w=st.integers(1, 5), num_classes=st.sampled_from([2, 7, 300, 70000]),
+    n=st.integers(1, 6), lse=st.booleans(), counts=st.booleans(), seed=st.integers(0, 2**16),
+    spec=st.sampled_from(ALL),
+)
+def test_encode_many_property(k, h, w, num_classes, n, lse, counts, seed, spec):
+    codec = get_codec(spec)
+    rng = np.random.default_rng(seed)
+    records = [make(rng, k, h, w, num_classes, lse=lse, counts=counts, scale=float(rng.choice([0.01, 8, 3000])))
+               for _ in range(n)]
+    assert bodies_of(encode_many(codec, stack(records))) == [codec.encode(r) for r in records]
+
+
+@pytest.mark.parametrize("cells", [1, 5000, 1 << 40])
+def test_batch_palettes_in_chunks_and_by_sorting(monkeypatch, cells):
+    """A presence table of (records x classes) taken a few records at a time, or (wide classes)
+    sorting (record, class) pairs, gives the same palettes."""
+    import relabel_maps.codecs.compact as compact
+
+    monkeypatch.setattr(compact, "_PRESENCE_CELLS", cells)
+    codec = get_codec("compact")
+    rng = np.random.default_rng(4)
+    for counts in (False, True):
+        records = [make(rng, 4, 5, 6, 1000, counts=counts) for _ in range(7)]
+        assert bodies_of(encode_many(codec, stack(records))) == [codec.encode(r) for r in records]
+
+
+def test_encode_many_of_no_records_and_of_a_codec_without_batches():
+    a = make(np.random.default_rng(1), 3, 2, 2, 50)
+    empty = RecordArrays(a.indices[:0][None][:0], a.scores[None][:0], None, None)
+    assert len(encode_many(get_codec("compact"), empty)) == 0
+
+    class OneByOne(F32Codec):
+        name = "one-by-one"
+        encode_many = None  # type: ignore[assignment]
+
+    records = [make(np.random.default_rng(i), 3, 2, 2, 50, lse=True) for i in range(3)]
+    assert bodies_of(encode_many(OneByOne(), stack(records))) == [F32Codec().encode(r) for r in records]
+
+
+def test_batch_checks_raise_like_encode():
+    codec = get_codec("compact")
+    rng = np.random.default_rng(2)
+    good = [make(rng, 3, 2, 2, 50) for _ in range(3)]
+    for bad, match in ((np.nan, "finite"), (1e9, "compact range"), (np.inf, "finite")):
+        batch = stack(good)
+        batch.scores[1, 0, 0, 0] = bad
+        with pytest.raises(InvalidLabelMapError, match=match):
+            encode_many(codec, batch)
+    batch = stack(good)
+    batch.scores[2, :, 0, 0] = [1.0, 2.0, 0.0]
+    with pytest.raises(InvalidLabelMapError, match="descending"):
+        encode_many(codec, batch)
+
+
+# ---------------------------------------------------------------------------------------------- add_many
+def _maps(n: int, seed: int, *, k: int = 5, lse: bool = False, counts: bool = False, shuffle: bool = False):
+    rng = np.random.default_rng(seed)
+    records = [make(rng, k, 6, 5, 1000, lse=lse, counts=counts) for _ in range(n)]
+    batch = stack(records)
+    if shuffle:  # entries not sorted by score: both paths sort them the same way
+        order = np.stack([rng.permutation(k) for _ in range(n)])[:, :, None, None]
+        keep = batch.counts is None
+        idx = np.take_along_axis(batch.indices, order, axis=1) if keep else batch.indices
+        sc = np.take_along_axis(batch.scores, order, axis=1) if keep else batch.scores
+        batch = RecordArrays(idx.astype(np.int64), sc.astype(np.float64), batch.counts, batch.lse)
+    return [f"img/{seed}/{i:05d}.JPEG" for i in range(n)], batch
+
+
+def _files(path) -> dict[str, bytes]:
+    from pathlib import Path
+
+    p = Path(path)
+    return {f.name: f.read_bytes() for f in sorted(p.iterdir())} if p.is_dir() else {p.name: p.read_bytes()}
+
+
+@pytest.mark.parametrize("spec", [{"name": "f32"}, {"name": "f16"}, {"name": "compact"}], ids=lambda s: s["name"])
+@pytest.mark.parametrize(
+    "case",
+    [{}, {"lse": True}, {"counts": True}, {"shuffle": True}, {"k": 3}, {"dictionary": True}, {"max_records": 70},
+     {"level": 19, "lse": True}, {"resume": True, "max_records": 70}],
+    ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "plain",
+)
+def test_add_many_writes_the_same_files_as_add(tmp_path, spec, case):
+    import relabel_maps
+
+    case = dict(case)
+    wkw = {k: case.pop(k) for k in ("dictionary", "max_records", "level", "resume") if k in case}
+    n = 300 if wkw.get("dictionary") else 150
+    keys, b = _maps(n, 3, **case)
+    outputs = []
+    for mode in ("add", "add_many"):
+        out = tmp_path / mode / ("ds" if "max_records" in wkw else "maps.rlm")
+        with relabel_maps.Writer(out, num_classes=1000, k=5, encoding=spec, **wkw) as w:
+            if mode == "add":
+                for i, key in enumerate(keys):
+                    w.add(key, b.indices[i], b.scores[i], lse=None if b.lse is None else b.lse[i],
+                          counts=None if b.counts is None else b.counts[i])
+            else:
+                for s in (0, 1, 100, 101):  # batches of 1, 99, 1 and the rest
+                    e = {0: 1, 1: 100, 100: 101, 101: n}[s]
+                    w.add_many(keys[s:e], b.indices[s:e], b.scores[s:e], lse=None if b.lse is None else b.lse[s:e],
+                               counts=None if b.counts is None else b.counts[s:e])
+        outputs.append(_files(out.parent / out.name))
+    assert outputs[0] == outputs[1]
+    with relabel_maps.open(tmp_path / "add_many" / ("ds" if "max_records" in wkw else "maps.rlm")) as maps:
+        assert list(maps) == sorted(keys) and maps.verify() == []
+
+
+def test_add_many_is_all_or_nothing_and_names_the_bad_map(tmp_path):
+    import relabel_maps
+    from relabel_maps.errors import WriterError
+
+    keys, b = _maps(20, 5)
+    with relabel_maps.Writer(tmp_path / "m.rlm", num_classes=1000, k=5) as w:
+        w.add_many(keys[:5], b.indices[:5], b.scores[:5])
+        bad_idx = b.indices.astype(np.int64).copy()
+        bad_idx[12, 0, 0, 0] = 1000
+        with pytest.raises(InvalidLabelMapError, match=r"img/5/00012.JPEG.*class indices"):
+            w.add_many(keys[5:], bad_idx[5:], b.scores[5:])
+        bad_sc = b.scores.copy()
+        bad_sc[7, 1, 2, 3] = np.nan
+        with pytest.raises(InvalidLabelMapError, match=r"00007.*finite"):
+            w.add_many(keys[5:], b.indices[5:], bad_sc[5:])
+        bad_sc[7, 1, 2, 3] = 1e9  # beyond the compact range at step 1/256
+        with pytest.raises(InvalidLabelMapError, match=r"00007.*compact range"):
+            w.add_many(keys[5:], b.indices[5:], bad_sc[5:])
+        with pytest.raises(InvalidLabelMapError, match="k=6"):
+            w.add_many(keys[5:7], np.zeros((2, 6, 6, 5), np.uint16), np.zeros((2, 6, 6, 5), np.float32))
+        with pytest.raises(WriterError, match="duplicate key 'img/5/00003.JPEG'"):
+            w.add_many(keys[5:8] + keys[3:4], b.indices[5:9], b.scores[5:9])
+        with pytest.raises(WriterError, match="duplicate key 'img/5/00006.JPEG'"):
+            w.add_many(keys[5:7] + keys[6:7], b.indices[5:8], b.scores[5:8])
+        with pytest.raises(InvalidArgumentError, match="shape"):
+            w.add_many(keys[5:8], b.indices[5:7], b.scores[5:7])
+        with pytest.raises(InvalidArgumentError, match="shape"):
+            w.add_many(keys[5:7], b.indices[5], b.scores[5])
+        assert len(w) == 5
+        w.add_many(keys[5:], b.indices[5:], b.scores[5:])
+        w.add_many([], b.indices[:0], b.scores[:0])
+    with relabel_maps.open(tmp_path / "m.rlm") as maps:
+        assert list(maps) == keys and maps.verify() == []
+
+
+def test_compress_many_gives_the_frames_of_compress():
+    from relabel_maps.dictionary import train_dictionary
+    from relabel_maps.records import RecordEncoder
+
+    keys, b = _maps(260, 8, lse=True)
+    for threads in (1, 2):
+        enc = RecordEncoder(codec=get_codec("compact"), num_classes=1000, k=5, level=3, threads=threads)
+        batch = enc.encode_many(keys, b.indices, b.scores, lse=b.lse)
+        bodies = list(batch.bodies)
+        for dictionary in (b"", train_dictionary(bodies, level=3, count_size=False)):
+            enc.use_dictionary(dictionary)
+            assert enc.compress_many(batch.bodies) == [enc.compress(body) for body in bodies]
+            assert enc.records_many(keys, b.indices, b.scores, lse=b.lse) == [
+                batch.header + enc.compress(body) for body in bodies
+            ]
+
+
+def test_batch_palettes_of_many_records_in_one_table():
+    """Palette positions counted in int16 across a table of many records (the running count wraps)."""
+    codec = get_codec("compact")
+    rng = np.random.default_rng(6)
+    records = [make(rng, 5, 15, 15, 1000) for _ in range(300)]  # ~1000 classes per map: counts pass 32767
+    assert bodies_of(encode_many(codec, stack(records))) == [codec.encode(r) for r in records]

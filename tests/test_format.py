@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import relabel_maps as rm
 from relabel_maps import format as fmt
+from relabel_maps.errors import FormatError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,7 +82,9 @@ def test_index_pack_parse_roundtrip():
     index, keys = fmt.pack_index(entries)
     assert keys == ["", "a", "b", "日本"]
     rows, blob = fmt.parse_index(index, 4, 85)
-    assert fmt.decode_keys(rows, blob) == keys
+    fmt.check_keys(rows, blob)
+    spans = zip(rows["key_offset"].tolist(), rows["key_length"].tolist(), strict=True)
+    assert [blob[a : a + n].decode("utf-8") for a, n in spans] == keys
     assert rows["offset"].tolist() == [66, 36, 16, 75] and rows["crc32"].tolist() == [7, 6, 5, 8]
     assert len(index) == 4 * 24 + len("ab日本".encode())
 
@@ -175,3 +178,45 @@ def test_f16_roundtrip_rounds_scores_only(ds):
                 np.testing.assert_array_equal(got.scores, expected.scores.astype(np.float16).astype(np.float32))
                 valid = expected.valid()
                 np.testing.assert_array_equal(got.indices[valid], expected.indices[valid])
+
+
+# ----------------------------------------------------------------------------------------- keys
+def _blob(keys: list[bytes]) -> tuple[bytes, np.ndarray, np.ndarray]:
+    lengths = np.array([len(k) for k in keys], dtype=np.int64)
+    return b"".join(keys), np.cumsum(lengths) - lengths, lengths
+
+
+@given(st.lists(st.text(alphabet="ab\x00é€\U0001f600z", max_size=30), min_size=1, max_size=40))
+def test_check_sorted_agrees_with_byte_order(texts):
+    from relabel_maps.keys import check_sorted
+
+    keys = sorted({t.encode("utf-8") for t in texts})
+    check_sorted(*_blob(keys))
+    for i in range(len(keys) - 1):
+        swapped = keys[:i] + [keys[i + 1], keys[i]] + keys[i + 2 :]
+        with pytest.raises(FormatError, match="not sorted by UTF-8 bytes"):
+            check_sorted(*_blob(swapped))
+        with pytest.raises(FormatError, match="duplicate key"):
+            check_sorted(*_blob(keys[: i + 1] + [keys[i]] + keys[i + 1 :]))
+
+
+def test_check_sorted_rejects_keys_cut_inside_a_character():
+    from relabel_maps.keys import check_sorted
+
+    whole = "é".encode()  # two bytes: the blob is valid UTF-8, the keys are not
+    with pytest.raises(FormatError, match="UTF-8"):
+        check_sorted(*_blob([b"a" + whole[:1], whole[1:] + b"b"]))
+    with pytest.raises(FormatError, match="UTF-8"):
+        check_sorted(*_blob([b"a", b"\xff"]))
+    check_sorted(*_blob([b"", b"\x00", b"\x00\x00", b"a", b"a\x00", b"ab" * 300, b"b"]))
+
+
+def test_key_hashes_are_crc32():
+    import zlib
+
+    from relabel_maps.keys import key_hashes
+
+    rng = np.random.default_rng(0)
+    keys = [b"", b"a", "日本".encode()] + [bytes(rng.integers(0, 256, int(n), dtype=np.uint8))
+                                          for n in rng.integers(0, 700, 200)]
+    assert key_hashes(*_blob(keys)).tolist() == [zlib.crc32(k) for k in keys]

@@ -496,7 +496,7 @@ def test_reader_accessors(rlm, tmp_path):
 def test_check_names_the_shard_of_each_problem(sorted_dataset):
     last = sorted_dataset / "sd-00003-of-00003.rlm"
     with Reader(last) as r:
-        offset = r._offsets[0] + r._nbytes[0] - 3  # inside the frame of the shard's first record
+        offset = r.record_offset(0) + r.record_nbytes(0) - 3  # inside the frame of the shard's first record
     data = bytearray(last.read_bytes())
     data[offset] ^= 0xFF
     last.write_bytes(bytes(data))
@@ -521,3 +521,123 @@ def test_check_keeps_checking_a_replaced_shard(dataset):
     assert [p.where for p in problems] == ["ds-00002-of-00003.rlm"] * 2  # no duplicate keys reported
     assert problems[0].message == "SHA-256 differs from the one in the index"
     assert "the index says" in problems[1].message
+
+
+# ------------------------------------------------------------------------------- keys at scale
+def _many_keys_file(path, n: int) -> list[str]:
+    keys = [f"train/n{i // 1000:08d}/img_{i:06d}.JPEG" for i in range(n)]
+    idx = np.zeros((n, 1, 1, 1), np.uint16) + (np.arange(n) % C).reshape(n, 1, 1, 1).astype(np.uint16)
+    with rm.Writer(path, num_classes=C, k=1, encoding="f32", level=1) as w:
+        w.add_many(keys, idx, np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1))
+    return keys
+
+
+@pytest.mark.parametrize("source", ["path", "file", "bytesio"])
+def test_keys_are_not_held_as_python_objects(tmp_path, source):
+    """Lookups keep no str, int or dict entry per key: the key index costs 8 bytes per key (plus,
+    for a source that cannot be read by position, the index bytes themselves)."""
+    import gc
+    import tracemalloc
+
+    n = 20_000
+    keys = _many_keys_file(tmp_path / "big.rlm", n)
+    data = (tmp_path / "big.rlm").read_bytes()
+    rng = np.random.default_rng(0)
+    probes = [keys[int(i)] for i in rng.integers(0, n, 2000)]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        fh = open(tmp_path / "big.rlm", "rb") if source == "file" else None
+        maps = open_reader({"path": tmp_path / "big.rlm", "file": fh, "bytesio": io.BytesIO(data)}[source])
+        assert all(key in maps for key in probes) and "nope" not in maps
+        assert maps[probes[0]].scores[0, 0, 0] == keys.index(probes[0])
+        assert maps.position_of(probes[1]) == keys.index(probes[1])
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    index_bytes = n * 24 + sum(len(k) for k in keys)
+    budget = 8 * n + 64 * 1024 + (index_bytes if source == "bytesio" else 0)
+    assert held < budget, (held, budget)  # a list + dict + int lists of the keys would hold > 100 bytes each
+    maps.close()
+    if fh is not None:
+        fh.close()
+
+
+def test_crc32_collisions_are_told_apart(tmp_path):
+    import zlib
+
+    assert zlib.crc32(b"plumless") == zlib.crc32(b"buckeroo")  # two keys, one hash
+    with rm.Writer(tmp_path / "c.rlm", num_classes=C, k=K, encoding="f32", level=1) as w:
+        for i, key in enumerate(["buckeroo", "plumless", "x"]):
+            w.add(key, *sample(i))
+    with rm.open(tmp_path / "c.rlm") as maps:
+        assert maps["plumless"] == maps.at(1)[1] and maps["buckeroo"] == maps.at(0)[1]
+        assert maps.position_of("plumless") == 1 and "plumles" not in maps and "\ud800" not in maps
+
+
+def test_keys_iterate_in_chunks(tmp_path, monkeypatch):
+    import relabel_maps.reader as reader_module
+
+    keys = _many_keys_file(tmp_path / "k.rlm", 1000)
+    monkeypatch.setattr(reader_module, "_CHUNK", 37)
+    with open_reader(tmp_path / "k.rlm") as maps:
+        assert list(maps) == keys and all(type(k) is str for k in maps)
+        assert maps.key_slice(990, 2000) == keys[990:] and maps.key_slice(5, 5) == []
+        assert maps.key_at(-1) == keys[-1] and maps.key_range == (keys[0], keys[-1])
+        assert maps.record_offset(0) == 16 and maps.record_offset(keys[1]) == 16 + maps.record_nbytes(0)
+        assert maps.verify() == []
+
+
+def test_a_key_in_two_shards_is_refused_when_iterating(tmp_path):
+    folder = tmp_path / "dup"
+    for name, ks in (("a.rlm", ["k1", "k3"]), ("b.rlm", ["k2", "k3"])):
+        folder.mkdir(exist_ok=True)
+        with rm.Writer(folder / name, num_classes=C, k=K, encoding="f32", level=1) as w:
+            for i, key in enumerate(ks):
+                w.add(key, *sample(i))
+    with rm.open(folder) as maps:
+        assert isinstance(maps, ShardedReader) and not maps._disjoint
+        assert maps["k1"].key == "k1" and maps["k2"].key == "k2"
+        with pytest.raises(FormatError, match="'k3' appears in more than one shard"):
+            list(maps)
+        with pytest.raises(FormatError, match="more than one shard"):
+            maps["k3"]
+        assert any("'k3' appears in more than one shard" in p for p in maps.verify())
+
+
+def test_dataset_iteration_merges_overlapping_shards(dataset):
+    with open_dataset(dataset) as maps:
+        assert not maps._disjoint and list(maps) == KEYS
+        assert maps._ranges is not None and maps._ranges[0] == ("n00", "n10") and len(maps._ranges) == 3
+    index = json.loads((dataset / "ds.index.json").read_text())
+    for e in index["shards"]:
+        del e["first_key"], e["last_key"]
+    (dataset / "ds.index.json").write_text(json.dumps(index))
+    with open_dataset(dataset) as maps:  # no ranges listed: read from the shards, once
+        assert list(maps) == KEYS and maps._ranges is not None and "n07" in maps and "n1" not in maps
+
+
+def test_key_ranges_find_the_same_shards_as_comparing_every_range():
+    import random
+
+    from relabel_maps.keys import KeyRanges
+
+    rng = random.Random(3)
+    alphabet = ["train/n0", "train/n1", "a", "x", "é", "\x00", "0", "1", "2", "9"]
+
+    def word() -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 4)))
+
+    for trial in range(300):
+        edges = sorted({word() for _ in range(rng.randint(1, 12))}, key=str.encode)
+        if trial % 2:  # disjoint ranges in order, some shards empty
+            pairs = [(edges[i], edges[i]) for i in range(len(edges))]
+            pairs = [p if rng.random() < 0.8 else None for p in pairs]
+        else:  # overlapping ranges
+            pairs = [tuple(sorted((rng.choice(edges), rng.choice(edges)), key=str.encode)) for _ in edges]
+        ranges = KeyRanges(pairs)
+        assert [ranges[s] for s in range(len(pairs))] == pairs
+        for key in edges + [word() for _ in range(20)]:
+            expected = [s for s, p in enumerate(pairs) if p is not None and p[0] <= key <= p[1]]
+            assert ranges.candidates(key) == expected, (pairs, key)

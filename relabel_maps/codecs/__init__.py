@@ -18,16 +18,21 @@ Two ways to name a codec, for two jobs:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
+
+import numpy as np
 
 from ..errors import FormatError, InvalidArgumentError
-from .base import FLAG_COUNTS, FLAG_LSE, Codec, CodecFactory, RecordArrays
+from .base import FLAG_COUNTS, FLAG_LSE, BatchCodec, Bodies, Codec, CodecFactory, RecordArrays
 from .compact import CompactCodec
 from .raw import F16Codec, F32Codec
 
 __all__ = [
     "RecordArrays",
+    "Bodies",
     "Codec",
+    "BatchCodec",
+    "encode_many",
     "CodecFactory",
     "CODECS",
     "get_codec",
@@ -92,3 +97,19 @@ def codec_from_metadata(encoding: Any) -> Codec:
         return _build(name, _factory(name), params)
     except InvalidArgumentError as exc:
         raise FormatError(str(exc)) from None
+
+
+def encode_many(codec: Codec, arrays: RecordArrays) -> Bodies:
+    """The bodies of ``N`` records (``(N, k, H, W)`` arrays, see :meth:`BatchCodec.encode_many`):
+    in one batch when the codec can, else record by record; the same bytes either way."""
+    batch = getattr(codec, "encode_many", None)
+    if not len(arrays.indices):
+        return Bodies(b"", np.zeros(1, dtype=np.int64))
+    if batch is not None:
+        return cast(BatchCodec, codec).encode_many(arrays)
+    idx, sc, counts, lse = arrays
+    bodies = [
+        codec.encode(RecordArrays(idx[i], sc[i], *(None if a is None else a[i] for a in (counts, lse))))
+        for i in range(len(idx))
+    ]
+    return Bodies(b"".join(bodies), np.cumsum([0] + [len(b) for b in bodies], dtype=np.int64))

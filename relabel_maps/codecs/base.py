@@ -3,13 +3,13 @@ of a codec (:class:`Codec`) and of its registered factory (:class:`CodecFactory`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 from numpy.typing import DTypeLike
 
-__all__ = ["FLAG_COUNTS", "FLAG_LSE", "RecordArrays", "Codec", "CodecFactory"]
+__all__ = ["FLAG_COUNTS", "FLAG_LSE", "RecordArrays", "Bodies", "Codec", "BatchCodec", "CodecFactory"]
 
 #: record-header flag bits (spec/FORMAT.md, "Record header")
 FLAG_COUNTS = 0x01  # a (H, W) uint8 count of valid entries per location follows
@@ -27,6 +27,27 @@ class RecordArrays(NamedTuple):
     @property
     def flags(self) -> int:
         return (FLAG_COUNTS if self.counts is not None else 0) | (FLAG_LSE if self.lse is not None else 0)
+
+
+class Bodies:
+    """The uncompressed bodies of a batch of records, back to back: body ``i`` is
+    ``data[offsets[i]:offsets[i + 1]]`` (``offsets``: ``(N + 1,)`` int64, starting at 0)."""
+
+    __slots__ = ("data", "offsets")
+
+    def __init__(self, data: bytes, offsets: np.ndarray) -> None:
+        self.data, self.offsets = data, offsets
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __iter__(self) -> Iterator[bytes]:
+        cuts = self.offsets.tolist()
+        return (self.data[cuts[i] : cuts[i + 1]] for i in range(len(cuts) - 1))
+
+    def body(self, i: int) -> bytes:
+        """Body ``i`` as bytes."""
+        return self.data[int(self.offsets[i]) : int(self.offsets[i + 1])]
 
 
 class Codec(Protocol):
@@ -58,6 +79,16 @@ class Codec(Protocol):
 
     def max_body_size(self, k: int, h: int, w: int, flags: int, index_itemsize: int) -> int:
         """Upper bound of the body size in bytes for these dimensions."""
+        ...
+
+
+class BatchCodec(Codec, Protocol):
+    """A codec that also encodes a whole batch in a few vectorised operations (optional: a codec
+    without :meth:`encode_many` is encoded record by record)."""
+
+    def encode_many(self, arrays: RecordArrays) -> Bodies:
+        """Encode ``N`` records of one shape at once: ``arrays`` hold ``(N, k, H, W)`` indices and
+        scores and ``(N, H, W)`` counts and lse. Body ``i`` is exactly ``encode`` of record ``i``."""
         ...
 
 

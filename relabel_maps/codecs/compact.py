@@ -30,7 +30,8 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from ..errors import CorruptRecordError, InvalidArgumentError, InvalidLabelMapError
-from .base import FLAG_COUNTS, FLAG_LSE, RecordArrays
+from .base import FLAG_COUNTS, FLAG_LSE, Bodies, RecordArrays
+from .batch import Stream, fixed_stream, join_streams, ragged_rows, shuffled, widths_of
 from .raw import shuffle_bytes
 
 __all__ = ["CompactCodec", "DEFAULT_STEP", "DEFAULT_FINE_RANKS", "RECOMMENDED_STEP"]
@@ -46,6 +47,12 @@ _MAX_RANKS = 255
 _HEADER = struct.Struct("<IiiBBBB")
 _WIDTHS: dict[int, np.dtype] = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4")}
 _QMAX = 2**30  # |round(x / step)| limit: every stream value then fits 32 bits
+#: the body header of many records at once (the layout of ``_HEADER``)
+_HEADER_ROWS = np.dtype(
+    [("p", "<u4"), ("top", "<i4"), ("lse", "<i4"), ("wp", "u1"), ("ws", "u1"), ("wl", "u1"), ("zero", "u1")]
+)
+#: largest (records x classes) presence table of a batch palette; above it records are taken in chunks
+_PRESENCE_CELLS = 1 << 18
 
 
 def _width(values: np.ndarray) -> int:
@@ -180,6 +187,65 @@ class CompactCodec:
             parts.append(_put(ql - lse_base, wl))
         return _HEADER.pack(len(palette), top_base, lse_base, wp, ws, wl, 0) + b"".join(parts)
 
+    def encode_many(self, arrays: RecordArrays) -> Bodies:
+        """:meth:`encode` of ``N`` records at once (``(N, k, H, W)`` arrays; spec/ENCODINGS.md 3.1-3.2):
+        the same quantisation, streams and widths, computed for the whole batch per numpy call
+        (integers are carried in float64, exact below 2**53)."""
+        idx, scores, counts, lse = arrays
+        n, k, h, w = idx.shape
+        m = h * w
+        x = self._scaled(scores, "scores").reshape(n, k, m)
+        valid = None
+        if counts is not None:
+            c = np.asarray(counts, dtype=np.uint8).reshape(n, m)
+            if n and (c.min() < 1 or c.max() > k):
+                raise InvalidLabelMapError(f"counts must lie in [1, {k}]")
+            valid = np.arange(k)[None, :, None] < c[:, None, :]
+        falling = x[:, :-1] < x[:, 1:]
+        if (falling if valid is None else falling & valid[:, 1:]).any():
+            raise InvalidLabelMapError("scores must be in descending order at every location")
+        g = np.empty((n, k, m))  # rank 0: the top-1 value against its base; ranks >= 1: the gaps
+        top = np.rint(x[:, 0])
+        level = top.copy()
+        for r, mult in enumerate(self._multipliers(k)[1:].tolist(), start=1):  # closed loop (see encode)
+            gap = np.rint((level - x[:, r]) / mult if mult != 1 else level - x[:, r], out=g[:, r])
+            level -= gap * mult if mult != 1 else gap
+        top_base = top.min(axis=1)
+        np.subtract(top, top_base[:, None], out=g[:, 0])
+        flat_valid = None if valid is None else valid.reshape(n, k * m)
+        palette, npal, ids = _palettes(idx.reshape(n, k * m), flat_valid)
+        starts = np.cumsum(npal) - npal
+        pal_d = np.diff(palette, prepend=0)
+        pal_d[starts] = palette[starts]
+        values, nvalid = g.reshape(n, k * m), None
+        if flat_valid is not None:  # the valid entries, rank-major, at the front of each row
+            nvalid = flat_valid.sum(axis=1)
+            ids, values = ragged_rows(ids[flat_valid], nvalid), ragged_rows(values[flat_valid], nvalid)
+        head = np.zeros(n, dtype=_HEADER_ROWS)
+        wp, wi, ws = widths_of(np.maximum.reduceat(pal_d, starts)), widths_of(npal - 1), widths_of(values.max(axis=1))
+        head["p"], head["top"], head["wp"], head["ws"], head["wl"] = npal, top_base, wp, ws, 1
+        tail = []
+        if lse is not None:
+            ql = np.rint(self._scaled(np.asarray(lse, dtype=np.float64).reshape(n, m) - top * self.step,
+                                      "lse - top-1 score"))
+            lse_base = ql.min(axis=1)
+            ql -= lse_base[:, None]
+            wl = widths_of(ql.max(axis=1))
+            head["lse"], head["wl"] = lse_base, wl
+            tail.append(shuffled(ql, wl))
+        streams: list[Stream] = [fixed_stream(head.view(np.uint8).reshape(n, _HEADER.size))]
+        if counts is not None:
+            streams.append(fixed_stream(c))
+        streams += [shuffled(ragged_rows(pal_d, npal), wp, npal), shuffled(ids, wi, nvalid)]
+        return join_streams([*streams, shuffled(values, ws, nvalid), *tail])
+
+    def _scaled(self, x: np.ndarray, what: str) -> np.ndarray:
+        """``x / step`` in float64 with the checks of :meth:`_quantise` (finite, rounding within range)."""
+        v = np.asarray(x, dtype=np.float64) / self.step
+        if v.size and not (np.isfinite(v).all() and v.max() <= _QMAX + 0.5 and v.min() >= -_QMAX - 0.5):
+            self._quantise(x, what)  # raises the precise error
+        return v
+
     # ------------------------------------------------------------------ decode
     def _ranks(self, k: int, planes: int) -> np.ndarray:
         """``(k, planes*k)`` matrix turning the byte planes of (top-1, gap 1, ..., gap k-1) into scores.
@@ -265,3 +331,38 @@ class CompactCodec:
             lse = lv.astype(np.float32).reshape(h, w)
         return RecordArrays(indices, scores.reshape(k, h, w), counts, lse)
 
+
+def _palettes(classes: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per record (row of ``classes``), the sorted distinct classes of its valid entries and each
+    entry's position among them: ``(palettes back to back, palette sizes, (N, n) positions)``."""
+    n, cols = classes.shape
+    span = int(classes.max()) + 1 if classes.size else 1
+    if span > _PRESENCE_CELLS:  # wide class indices: sort (record, class) pairs
+        keyed = np.arange(n, dtype=np.int64)[:, None] * span + classes
+        rec = np.repeat(np.arange(n), cols) if valid is None else np.nonzero(valid)[0]
+        uniq, inverse = np.unique(keyed.reshape(-1) if valid is None else keyed[valid], return_inverse=True)
+        npal = np.bincount(uniq // span, minlength=n).astype(np.int64)
+        pos = inverse.reshape(-1) - (np.cumsum(npal) - npal)[rec]
+        ids = np.zeros((n, cols), dtype=np.int64)
+        ids[np.ones_like(classes, dtype=bool) if valid is None else valid] = pos
+        return uniq % span, npal, ids
+    pals, sizes, ids_parts = [], [], []
+    step = max(1, _PRESENCE_CELLS // span)
+    # ranks count in int16 when a palette cannot exceed 32767 classes (wrapping sums stay exact per row)
+    rank_type = np.int16 if span < 2**15 else np.int32
+    for lo in range(0, n, step):  # a presence table of (records x classes), a chunk of records at a time
+        rows = min(n, lo + step) - lo
+        keyed = np.arange(rows, dtype=np.int32 if rows * span < 2**31 else np.int64)[:, None] * span
+        keyed = keyed + classes[lo : lo + rows]
+        seen = np.zeros(rows * span, dtype=bool)
+        seen[keyed if valid is None else keyed[valid[lo : lo + rows]]] = True
+        rank = np.cumsum(seen, dtype=rank_type)
+        rank -= 1
+        before = np.empty(rows, dtype=rank_type)  # classes seen in the rows above
+        before[0], before[1:] = 0, rank[span - 1 : -1 : span] + 1
+        ids = np.take(rank, keyed)
+        ids -= before[:, None]
+        ids_parts.append(ids)
+        sizes.append((rank[span - 1 :: span] + 1 - before).astype(np.int64))
+        pals.append(np.flatnonzero(seen) % span)
+    return np.concatenate(pals).astype(np.int64), np.concatenate(sizes).astype(np.int64), np.concatenate(ids_parts)

@@ -15,7 +15,8 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from ..errors import CorruptRecordError
-from .base import FLAG_COUNTS, FLAG_LSE, RecordArrays
+from .base import FLAG_COUNTS, FLAG_LSE, Bodies, RecordArrays
+from .batch import byte_planes
 
 __all__ = ["RawCodec", "F32Codec", "F16Codec", "shuffle_bytes", "unshuffle_bytes"]
 
@@ -74,6 +75,18 @@ class RawCodec:
         if arrays.lse is not None:
             parts.append(shuffle_bytes(arrays.lse.astype(np.float32)))
         return b"".join(parts)
+
+    def encode_many(self, arrays: RecordArrays) -> Bodies:
+        """:meth:`encode` of ``N`` records at once (``(N, k, H, W)`` arrays): every body has the same
+        length, so the batch is one ``(N, length)`` array of byte planes."""
+        n = arrays.indices.shape[0]
+        parts = [byte_planes(arrays.indices), byte_planes(arrays.scores.astype(self.score_dtype))]
+        if arrays.counts is not None:
+            parts.append(np.asarray(arrays.counts, dtype=np.uint8).reshape(n, -1))
+        if arrays.lse is not None:
+            parts.append(byte_planes(arrays.lse.astype(np.float32)))
+        rows = np.concatenate(parts, axis=1)
+        return Bodies(rows.tobytes(), np.arange(n + 1, dtype=np.int64) * rows.shape[1])
 
     def decode(
         self, body: bytes | memoryview, k: int, h: int, w: int, flags: int, index_dtype: DTypeLike

@@ -133,7 +133,7 @@ def build(out: str | Path) -> dict[str, Any]:
             shutil.rmtree(target)
         elif target.exists():
             target.unlink()
-        wargs = dict(spec["writer"])
+        wargs = {"level": 19, **spec["writer"]}  # the level the vectors were written with
         with relabel_maps.Writer(target, metadata={"vectors.seed": spec["seed"]}, **wargs) as writer:
             for key, k, h, w, opts in spec["records"]:
                 logits = synthetic_logits(rng, wargs["num_classes"], h, w)
