@@ -1,9 +1,12 @@
-"""Where a file's bytes come from: positional reads from a path (mmap), an OS file (``pread``) or any
+"""Where a file's bytes come from: positional reads (``pread``) from a path or an OS file, or any
 seekable binary file object; never corrupted by ``fork``.
 
-After ``fork`` a path's mapping is read as inherited (the parent's file, even if the path was
-replaced since), a callable is called again for a fresh file object, an OS file is read with
-``pread`` (its shared file position is never used) and an ``io.BytesIO`` is the child's own copy.
+Paths are read with ``pread`` rather than memory-mapped: the pages a forked DataLoader worker reads
+then stay in the shared page cache instead of counting as that worker's own memory (a mapped file's
+touched pages do), and a random lookup costs one system call. After ``fork`` a path's descriptor is
+read as inherited (the parent's file, even if the path was replaced since), a callable is called
+again for a fresh file object, an OS file is read with ``pread`` (its shared file position is never
+used) and an ``io.BytesIO`` is the child's own copy.
 Any other file object may share a file position with the parent (a wrapper around an OS file that
 hides ``fileno``, a network connection), so reading it in a forked child raises
 :class:`InvalidArgumentError` naming the remedy: a callable that opens it.
@@ -32,7 +35,7 @@ Source = Union[str, "os.PathLike[str]", BinaryIO, Callable[[], BinaryIO]]
 
 
 class ByteSource:
-    """Positional reads from a path (mmap) or a file object; reopened after ``fork``.
+    """Positional reads from a path or a file object; reopened after ``fork`` where needed.
 
     ``size`` is the file's length in bytes; ``name`` describes it in messages.
     """
@@ -60,13 +63,7 @@ class ByteSource:
         self._mm: mmap.mmap | None = None
         self._fd: int | None = None
         if self._path is not None:
-            try:
-                with open(self._path, "rb") as fh:
-                    self.size = os.fstat(fh.fileno()).st_size
-                    if self.size:
-                        self._mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-            except IsADirectoryError:
-                raise InvalidArgumentError(f"{self._path} is a folder; use relabel_maps.open() for datasets") from None
+            self._open_path(self._path)
             return
         if self._factory is not None:
             self._file = self._factory()
@@ -79,9 +76,22 @@ class ByteSource:
             raise InvalidArgumentError(f"file object is not seekable: {exc}") from None
         self._fd = _positional_fd(f, self.size)
 
+    def _open_path(self, path: str) -> None:
+        try:
+            fh = open(path, "rb", buffering=0)  # closed with the source, or when garbage-collected
+        except IsADirectoryError:
+            raise InvalidArgumentError(f"{path} is a folder; use relabel_maps.open() for datasets") from None
+        self.size = os.fstat(fh.fileno()).st_size
+        if hasattr(os, "pread"):
+            self._file, self._owns_file, self._fd = fh, True, fh.fileno()
+            return
+        with fh:  # pragma: no cover - platforms without pread: a read-only mapping
+            if self.size:
+                self._mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+
     def check_fork(self) -> None:
         """Reopen what a forked child cannot share (a factory's file object); refuse a file object
-        that may share its file position with the parent. A path's mapping is kept: it shows the
+        that may share its file position with the parent. A path's descriptor is kept: it reads the
         file the parent opened even when the path now names another (an overwrite)."""
         if self._pid != os.getpid():
             if self._factory is not None:
@@ -100,18 +110,18 @@ class ByteSource:
                     "descriptor for positional reads and may share its file position with the parent; "
                     "open a path, or pass a callable that returns the file object (called again after fork)"
                 )
-            else:  # the inherited mapping, pread on an OS file, or the child's own copy of an in-memory object
+            else:  # pread on the inherited descriptor, or the child's own copy of an in-memory object
                 self._pid = os.getpid()
                 self._lock = threading.Lock()
 
     def read(self, offset: int, n: int) -> bytes:
         """Exactly ``n`` bytes at ``offset`` (fewer only when the file is shorter)."""
-        if self._mm is not None:
-            return self._mm[offset : offset + n]
-        if self._path is not None:  # empty file
-            return b""
         if self._fd is not None:
             return os.pread(self._fd, n, offset)
+        if self._mm is not None:
+            return self._mm[offset : offset + n]
+        if self._path is not None:  # an empty file without pread
+            return b""
         with self._lock:
             f = self._file
             assert f is not None
@@ -143,7 +153,7 @@ class ByteSource:
 
     @property
     def positional(self) -> bool:
-        """Whether reads are positional (a mapping or ``pread``): cheap to repeat, no shared position."""
+        """Whether reads are positional (``pread`` or a mapping): cheap to repeat, no shared position."""
         return self._path is not None or self._fd is not None
 
 
