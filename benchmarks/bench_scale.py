@@ -215,9 +215,9 @@ def _evict(folder: str) -> None:
 
 
 def open_variant(variant: str, folder: str) -> ShardedReader:
-    """The dataset as a variant reads it: from paths (memory-mapped shards; "new", "old"), or
-    ("new-pread") from file objects that are read with ``pread`` (no file page is mapped)."""
-    if variant != "new-pread":
+    """The dataset as a variant reads it: from paths ("new", "old"), or ("new-fileobj") from file
+    objects opened by callables (both read with ``pread``: no file page is mapped)."""
+    if variant != "new-fileobj":
         maps = rm.open(folder)
         assert isinstance(maps, ShardedReader)
         return maps
@@ -228,7 +228,7 @@ def open_variant(variant: str, folder: str) -> ShardedReader:
 
 
 def probe(variant: str, folder: str, n: int, lookups: int, workers: int, worker_lookups: int) -> dict[str, Any]:
-    """Reader figures of one variant ("new", "new-pread" or "old") in this (fresh) process."""
+    """Reader figures of one variant ("new", "new-fileobj" or "old") in this (fresh) process."""
     rng = random.Random(1)
     base = smaps()
     t = time.perf_counter()
@@ -299,7 +299,7 @@ def mb(kb: float) -> str:
     return f"{kb / 1024:7.1f}"
 
 
-VARIANTS = ("new", "new-pread", "old")
+VARIANTS = ("new", "new-fileobj", "old")
 
 
 def report(writes: list[dict[str, Any]], dataset: dict[str, Any], reads: list[dict[str, Any]]) -> None:
@@ -317,7 +317,7 @@ def report(writes: list[dict[str, Any]], dataset: dict[str, Any], reads: list[di
               f"(add_many) at {dataset['records_per_s']:.0f} records/s, {dataset['bytes_per_record']:.1f} B/record")
     by = {r["variant"]: r for r in reads}
     new, old = by["new"], by["old"]
-    print(f"\nreading (new: paths, memory-mapped; previous: the same files with the previous key storage)"
+    print(f"\nreading (new: paths, read with pread; previous: the same files with the previous key storage)"
           f"\n{'':<42}{'new':>12}{'previous':>12}{'ratio':>9}")
     for label, key, unit, scale in (
         ("open the dataset (index)", "open_s", "ms", 1e3),
