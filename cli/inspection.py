@@ -16,6 +16,7 @@ from relabel_maps.errors import RelabelMapsError
 from relabel_maps.layout import local_dataset_files
 from relabel_maps.reader import LabelMaps, open_file
 from relabel_maps.shards import ShardedReader
+from relabel_maps.sharpness import label_sharpness
 
 from .common import class_name, console, echo_json, open_maps, progress_bar
 
@@ -64,6 +65,7 @@ Examples:
   relabel-maps info maps/
   relabel-maps info maps.rlm --top 20
   relabel-maps info maps/ --sample 1000 --json > info.json
+  relabel-maps info maps/ --temperature 0.5          # label sharpness at T = 0.5
   relabel-maps info hf://my-name/imagenet-relabel"""
 )
 @click.argument("path")
@@ -74,13 +76,28 @@ Examples:
 @click.option(
     "--sample", type=click.IntRange(1), default=None, help="Scan only N evenly spaced records (default: all)."
 )
+@click.option(
+    "--sharpness-sample", type=click.IntRange(0), default=32, show_default=True,
+    help="Records (evenly spaced) whose labels are pooled for the label sharpness; 0 skips it.",
+)
+@click.option(
+    "--temperature", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
+    help="Temperature of the pooled labels in the label sharpness.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-def info(path: str, top_n: int, sample: int | None, as_json: bool) -> None:
-    """Show a dataset's metadata, size, compression and top-1 class histogram.
+def info(path: str, top_n: int, sample: int | None, sharpness_sample: int, temperature: float, as_json: bool) -> None:
+    """Show a dataset's metadata, size, compression, top-1 class histogram and
+    label sharpness.
 
     PATH is a .rlm file, a folder of shards, an index JSON or hf://owner/repo.
     The compression ratio compares with the raw float32 layout of the official
     ReLabel release ([2, k, H, W] float32 per image).
+
+    Label sharpness: the mean top-1 probability and entropy (nats; ln C is a
+    uniform label) of whole-image labels and of 8 random crops (RandomResizedCrop)
+    per sampled record, in each fill mode. Flat labels (top-1 near 1/C) come from
+    a teacher with small logits under fill "zero": try fill "uniform" (exact
+    probabilities, needs the stored log-sum-exp) or a temperature below 1.
     """
     files = _local_files(path)
     with open_maps(path) as maps:
@@ -88,6 +105,7 @@ def info(path: str, top_n: int, sample: int | None, as_json: bool) -> None:
         with progress_bar(min(sample or len(maps), len(maps)), "scanning records") as advance:
             stats = dataset_stats(maps, sample=sample, progress=advance)
         records = _records_per_file(maps, files) if files else {}
+        sharpness = label_sharpness(maps, sample=sharpness_sample, temperature=temperature) if sharpness_sample else []
         shards: list[dict[str, Any]] = []
         for name, local in files:
             entry: dict[str, Any] = {"file": name, "bytes": os.path.getsize(local)}
@@ -119,6 +137,7 @@ def info(path: str, top_n: int, sample: int | None, as_json: bool) -> None:
             {"class": c, "name": class_name(names, c), "locations": int(hist[c]), "share": float(hist[c]) / total_loc}
             for c in order
         ],
+        "label_sharpness": sharpness,
     }
     if as_json:
         printable = {k: v for k, v in meta.items() if k != "class_names"}
@@ -192,6 +211,22 @@ def _print_info(meta: dict[str, Any], s: dict[str, Any]) -> None:
     for row in s["top1_histogram"]:
         t.add_row(str(row["class"]), row["name"] or "-", f"{row['locations']:,}", f"{100 * row['share']:.1f}%")
     out.print(t)
+    _print_sharpness(s["label_sharpness"])
+
+
+def _print_sharpness(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    first = rows[0]
+    title = (f"label sharpness ({first['records']} records, {first['crops']} random crops, "
+             f"temperature {first['temperature']:g}; uniform label: entropy {first['max_entropy']:.2f})")
+    t = Table(title=title, title_justify="left")
+    for name in ("fill", "whole image: top-1", "entropy", "random crop: top-1", "median top-1", "entropy"):
+        t.add_column(name, justify="left" if name == "fill" else "right")
+    for r in rows:
+        t.add_row(r["fill"], *(f"{r[k]:.3f}" if r[k] is not None else "-" for k in (
+            "whole_top1", "whole_entropy", "crop_top1", "crop_top1_median", "crop_entropy")))
+    console().print(t)
 
 
 def _verify(path: str, advance: Callable[..., None]) -> tuple[int, int, list[dict[str, str]]]:

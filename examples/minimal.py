@@ -14,7 +14,6 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 from torchvision.transforms import v2
 
-import relabel_maps
 from relabel_maps.torch import (
     LabelMapDataset,
     RandomHorizontalFlipWithBox,
@@ -29,7 +28,7 @@ transform = v2.Compose([
 ])
 data = LabelMapDataset(ImageFolder(root), maps, transform=transform)  # yields (image, soft label of the crop)
 loader = DataLoader(data, batch_size=32, shuffle=True, num_workers=2)
-model = timm.create_model("resnet18", num_classes=relabel_maps.open(maps).metadata["num_classes"])
+model = timm.create_model("resnet18", num_classes=data.num_classes)  # the labels' classes (the teacher's)
 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
 
 step = 0

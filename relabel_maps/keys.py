@@ -14,22 +14,27 @@ workers share them.
 - :class:`KeyList`: a few keys (e.g. the first keys of a dataset's shards) as a blob.
 - :class:`KeyRanges`: the ``(first, last)`` key range of every shard; which shards may hold a key.
 - :func:`merge_keys`: keys of several sorted sources in one sorted stream, refusing a key twice.
+- :func:`as_key`: what a lookup accepts (``str``, or an ``os.PathLike`` path); :func:`insertion_point`
+  and :func:`missing_key_message`: the "did you mean" of a missing key, from the few keys next to
+  where it would sit (computed only when the error is raised).
 """
 
 from __future__ import annotations
 
+import difflib
 import heapq
 import os
 import zlib
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from .errors import FormatError
 
-__all__ = ["HashIndex", "KeyList", "KeyRanges", "check_sorted", "key_hashes", "merge_keys"]
+__all__ = ["HashIndex", "KeyList", "KeyRanges", "as_key", "check_sorted", "insertion_point", "key_hashes",
+           "merge_keys", "missing_key_message"]
 
 _CRC_TABLE = np.array(
     [zlib.crc32(bytes([i])) ^ zlib.crc32(b"\0") for i in range(256)], dtype=np.uint32
@@ -202,6 +207,14 @@ class KeyRanges:
         near = np.flatnonzero((low <= w) & (w <= high)).tolist()
         return [self._shards[i] for i in near if self._firsts.raw(i) <= kb <= self._lasts.raw(i)]
 
+    def edges_near(self, key: str) -> list[str]:
+        """The first and last keys of the (disjoint) ranges on either side of ``key``."""
+        if not self.disjoint or not len(self._firsts):
+            return []
+        i = bisect_right(self._firsts, key)  # the ranges are in order: their first keys are sorted
+        around = range(max(0, i - 1), min(len(self._firsts), i + 1))
+        return [keys[j] for j in around for keys in (self._firsts, self._lasts)]
+
 
 def merge_keys(sources: Sequence[Iterable[str]], where: Sequence[str]) -> Iterator[str]:
     """The keys of several sorted ``sources`` as one sorted stream; :class:`FormatError` naming
@@ -216,3 +229,34 @@ def merge_keys(sources: Sequence[Iterable[str]], where: Sequence[str]) -> Iterat
 
 def _tagged(keys: Iterable[str], i: int) -> Iterator[tuple[str, int]]:
     return ((key, i) for key in keys)
+
+
+def as_key(key: object) -> str:
+    """``key`` as a stored key: a ``str`` as it is, an ``os.PathLike`` as its path with ``/``
+    separators; :class:`TypeError` for anything else (keys are never numbers)."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, os.PathLike):
+        path = os.fspath(key)
+        if isinstance(path, str):
+            return path if os.sep == "/" else path.replace(os.sep, "/")
+    raise TypeError(f"label-map keys are str (or os.PathLike paths), got {type(key).__name__} {key!r}")
+
+
+def insertion_point(count: int, key: bytes, key_at: Callable[[int], bytes]) -> int:
+    """Where ``key`` would sit among ``count`` keys in byte order (``key_at(i)``: key ``i``'s bytes)."""
+    lo, hi = 0, count
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if key_at(mid) < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def missing_key_message(key: str, where: str, near: Iterable[str]) -> str:
+    """"key ... not found in WHERE", with up to three close keys among ``near`` (difflib) as a hint."""
+    close = difflib.get_close_matches(key, list(dict.fromkeys(near)), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(k) for k in close)}?" if close else ""
+    return f"key {key!r} not found in {where}{hint}"

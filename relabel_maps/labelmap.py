@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from .classmap import ClassMap
 from .errors import InvalidArgumentError, InvalidLabelMapError
 from .format import SCORE_KINDS, index_dtype_for
 from .pooling import MAX_POOL_OUTPUT
@@ -203,13 +204,16 @@ class LabelMap:
         fill: str | None = None,
         temperature: float = 1.0,
         sampling_ratio: int = -1,
+        class_map: ClassMap | None = None,
     ) -> np.ndarray:
         """Soft label of a crop: ``(C,)`` probabilities for ``size == 1``, else ``(C, size, size)``.
 
         ``box`` is ``(x0, y0, x1, y1)`` normalised to the frame the teacher saw; ``flip`` means the
         crop was mirrored horizontally. See spec/POOLING.md for the exact semantics and fill modes.
+        A ``class_map`` (:mod:`relabel_maps.classmap`) gives the label over the dataset's own classes.
         """
-        return _pool(self, box, flip=flip, size=size, fill=fill, temperature=temperature, sampling_ratio=sampling_ratio)
+        return _pool(self, box, flip=flip, size=size, fill=fill, temperature=temperature,
+                     sampling_ratio=sampling_ratio, class_map=class_map)
 
     def __repr__(self) -> str:
         k, h, w = self.shape

@@ -8,7 +8,9 @@ Every pooler (this one, the torch face, the CLI) checks its options with the fun
 :func:`resolve_fill`, :func:`check_temperature`, :func:`check_pool_options`, :func:`check_size`, and
 :func:`check_box` / :func:`check_boxes` (defined with the box geometry in :mod:`relabel_maps.roi_align`,
 where the compatibility mode also uses them). :func:`pool` and :func:`pool_dense` also refuse, before
-allocating, an output above :data:`MAX_POOL_OUTPUT` values (:func:`check_output_size`).
+allocating, an output above :data:`MAX_POOL_OUTPUT` values (:func:`check_output_size`). Given a
+``class_map`` (:class:`relabel_maps.classmap.ClassMap`) they return the label over the dataset's own
+classes instead of the teacher's.
 
 Also importable from here: the RoIAlign reference (:func:`roi_align`, :func:`box_weights`) and the
 official-ReLabel compatibility mode (:func:`relabel_compat`, :func:`to_official_coords`,
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .classmap import ClassMap
 from .compat import from_official_coords, relabel_compat, to_official_coords
 from .errors import InvalidArgumentError
 from .roi_align import (
@@ -134,8 +137,11 @@ def check_output_size(num_classes: int, size: int) -> None:
 
 
 def _check_pool_args(
-    labelmap: LabelMap, box: Sequence[float], size: int, fill: str | None, temperature: float, sampling_ratio: int
+    labelmap: LabelMap, box: Sequence[float], size: int, fill: str | None, temperature: float, sampling_ratio: int,
+    class_map: ClassMap | None = None,
 ) -> tuple[Box, int, str, float, int]:
+    if class_map is not None:
+        class_map.check(labelmap.num_classes)
     b = check_box(box)
     s = check_size(size)
     check_output_size(labelmap.num_classes, s)
@@ -251,15 +257,19 @@ def pool(
     fill: str | None = None,
     temperature: float = 1.0,
     sampling_ratio: int = -1,
+    class_map: ClassMap | None = None,
 ) -> np.ndarray:
     """Soft label of the crop ``box`` of ``labelmap`` (spec/POOLING.md).
 
     ``box`` is ``(x0, y0, x1, y1)`` normalised to the frame the teacher saw; ``flip=True`` means the
     crop was mirrored horizontally after cropping (the output bins are mirrored; a ``size == 1``
     label is unchanged). Works on the stored top-k entries only — never builds the dense
-    ``(C, H, W)`` array. Returns float32 ``(C,)`` for ``size == 1``, else ``(C, size, size)``.
+    ``(C, H, W)`` array. Returns float32 ``(C,)`` for ``size == 1``, else ``(C, size, size)``; with a
+    ``class_map``, ``C`` is its :attr:`~relabel_maps.classmap.ClassMap.num_classes`.
     """
-    b, s, mode, t, sr = _check_pool_args(labelmap, box, size, fill, temperature, sampling_ratio)
+    b, s, mode, t, sr = _check_pool_args(labelmap, box, size, fill, temperature, sampling_ratio, class_map)
+    if class_map is not None:
+        return class_map.apply(pool(labelmap, b, flip, s, mode, t, sr))
     if s == 1:
         return _pool1(labelmap, b, mode, t, sr)
     wy, wx = grid_weights(b, labelmap.height, labelmap.width, s, sr)
@@ -321,10 +331,13 @@ def pool_dense(
     fill: str | None = None,
     temperature: float = 1.0,
     sampling_ratio: int = -1,
+    class_map: ClassMap | None = None,
 ) -> np.ndarray:
     """Reference for :func:`pool`: builds the dense ``(C, H, W)`` per-location values of the fill
     mode, applies :func:`box_weights` to them, then the softmax/normalisation. Same result, slower."""
-    b, s, mode, t, sr = _check_pool_args(labelmap, box, size, fill, temperature, sampling_ratio)
+    b, s, mode, t, sr = _check_pool_args(labelmap, box, size, fill, temperature, sampling_ratio, class_map)
+    if class_map is not None:
+        return class_map.apply(pool_dense(labelmap, b, flip, s, mode, t, sr))
     k, h, w = labelmap.shape
     c = labelmap.num_classes
     v, u = _location_values(labelmap, mode, t)

@@ -26,7 +26,7 @@ from . import format as fmt
 from .codecs import codec_from_metadata
 from .dictionary import ZSTD_DICT_MAGIC, check_dictionary
 from .errors import CorruptRecordError, FormatError, InvalidArgumentError, MissingKeyError, RelabelMapsError
-from .keys import HashIndex, key_hashes
+from .keys import HashIndex, as_key, insertion_point, key_hashes, missing_key_message
 from .labelmap import LabelMap
 from .records import RecordDecoder, check_decoded
 from .source import ByteSource, Source
@@ -260,8 +260,12 @@ class Reader(LabelMaps):
         return index
 
     def _lookup(self, key: object) -> tuple[int, Row] | None:
-        """``(position, index row)`` of ``key``, or ``None``."""
-        if not isinstance(key, str) or not self._count:
+        """``(position, index row)`` of ``key`` (a ``str`` or an ``os.PathLike``), or ``None``."""
+        if not isinstance(key, str):
+            if not isinstance(key, os.PathLike):
+                return None
+            key = as_key(key)
+        if not self._count:
             return None
         hit = self._hit
         if hit[0] == key:  # e.g. a dataset's lookup, then the record of that key
@@ -282,10 +286,11 @@ class Reader(LabelMaps):
         if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
             row = self._row(self._position(key))
             return self._key_of(row).decode("utf-8"), row
+        key = as_key(key)
         found = self._lookup(key)
         if found is None:
-            raise MissingKeyError(f"key {key!r} not found in {self.name}")
-        return key, found[1]  # type: ignore[return-value]
+            raise MissingKeyError(missing_key_message(key, self.name, self.near(key)))
+        return key, found[1]
 
     # -------------------------------------------------------------------------- mapping API
     def __len__(self) -> int:
@@ -303,10 +308,14 @@ class Reader(LabelMaps):
         found = self._lookup(key)
         return None if found is None else found[0]
 
-    def __getitem__(self, key: str) -> LabelMap:
-        if not isinstance(key, str):
-            raise MissingKeyError(f"key {key!r} not found in {self.name}")
-        return self._record(*self._find(key))
+    def __getitem__(self, key: str | os.PathLike[str]) -> LabelMap:
+        return self._record(*self._find(as_key(key)))  # TypeError for a key that is neither str nor path
+
+    def near(self, key: str, width: int = 8) -> list[str]:
+        """The keys around where ``key`` would sit in key order (the "did you mean" of a missing key)."""
+        kb = key.encode("utf-8", "surrogatepass")
+        i = insertion_point(self._count, kb, lambda j: self._key_of(self._row(j)))
+        return self.key_slice(max(0, i - width), i + width)
 
     def at(self, i: int) -> tuple[str, LabelMap]:
         """``(key, LabelMap)`` of the ``i``-th record in key order."""

@@ -28,7 +28,7 @@ import numpy as np
 
 from . import format as fmt
 from .errors import DatasetReplacedError, FormatError, InvalidArgumentError, MissingKeyError, RelabelMapsError
-from .keys import KeyRanges, merge_keys
+from .keys import KeyRanges, as_key, merge_keys, missing_key_message
 from .labelmap import LabelMap
 from .layout import INDEX_SUFFIX, MAX_INDEX_JSON_BYTES, STRUCTURAL_KEYS, folder_contents, read_index_json
 from .layout import shard_structure as _structure
@@ -227,9 +227,11 @@ class ShardedReader(LabelMaps):
         return s, pos - self._start(s)
 
     def _find(self, key: object) -> tuple[int, int] | None:
-        """``(shard, position in the shard)`` of ``key``, or ``None``."""
+        """``(shard, position in the shard)`` of ``key`` (a ``str`` or an ``os.PathLike``), or ``None``."""
         if not isinstance(key, str):  # keys are strings
-            return None
+            if not isinstance(key, os.PathLike):
+                return None
+            key = as_key(key)
         found = None
         for s in self._key_ranges().candidates(key):  # disjoint ranges: at most one; else every
             j = self.shard(s).position_of(key)  # candidate, so that a key held twice is still rejected
@@ -246,18 +248,26 @@ class ShardedReader(LabelMaps):
         return self._find(key) is not None
 
     def _where(self, key: str) -> tuple[int, int]:
+        key = as_key(key)
         found = self._find(key)
         if found is None:
-            raise MissingKeyError(f"key {key!r} not found in the dataset")
+            raise MissingKeyError(missing_key_message(key, "the dataset", self.near(key)))
         return found
 
-    def __getitem__(self, key: str) -> LabelMap:
-        only = self._key_ranges().candidates(key) if isinstance(key, str) else []
+    def near(self, key: str) -> list[str]:
+        """Keys near where ``key`` would sit: around it in the shards whose range holds it (opened by
+        the lookup already), else the edges of the ranges beside it (the "did you mean" of a missing key)."""
+        ranges = self._key_ranges()
+        return [k for s in ranges.candidates(key) for k in self.shard(s).near(key)] + ranges.edges_near(key)
+
+    def __getitem__(self, key: str | os.PathLike[str]) -> LabelMap:
+        key = as_key(key)  # TypeError for a key that is neither str nor path
+        only = self._key_ranges().candidates(key)
         if len(only) == 1:  # one shard may hold it: its reader looks the key up once
             try:
                 return self.shard(only[0])[key]
             except MissingKeyError:
-                raise MissingKeyError(f"key {key!r} not found in the dataset") from None
+                raise MissingKeyError(missing_key_message(key, "the dataset", self.near(key))) from None
         return self.shard(self._where(key)[0])[key]
 
     def read_record(self, key: str) -> bytes:

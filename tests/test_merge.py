@@ -83,11 +83,8 @@ def test_merge_into_single_file_and_overwrite(tmp_path):
 def test_merge_incompatible_inputs(tmp_path):
     r0 = make(tmp_path / "r0", ["x"], seed=0)
     r1 = make(tmp_path / "r1", ["y"], seed=0, teacher="other")
-    with pytest.raises(InvalidArgumentError, match="teacher"):
+    with pytest.raises(InvalidArgumentError, match="differ in teacher: name 't' against 'other'"):
         merge([r0, r1], tmp_path / "out")
-    r2 = make(tmp_path / "r2", ["y"], seed=0, encoding="f32")
-    with pytest.raises(InvalidArgumentError, match="encoding"):
-        merge([r0, r2], tmp_path / "out")
     with pytest.raises(InvalidArgumentError, match="on_duplicate"):
         merge([r0], tmp_path / "out", on_duplicate="newest")
     with pytest.raises(InvalidArgumentError, match="given twice"):
@@ -122,3 +119,54 @@ def test_merge_overwrite_publishes_a_new_generation(tmp_path):
     with pytest.raises(InvalidArgumentError):  # fails while building: the dataset is untouched
         merge([r1, r1], tmp_path / "all", overwrite=True)
     assert sorted(os.listdir(tmp_path / "all")) == ["all-00001-of-00001.g00002.rlm", "all.index.json"]
+
+
+@pytest.mark.parametrize("output", ["out", "out.rlm"])
+def test_item8_merge_of_different_encodings_reencodes(tmp_path, output):
+    """0.1.0 refused an f16 and a compact dataset with a message about the "label space"."""
+    a = make(tmp_path / "a", ["x", "y", "z"], seed=0, encoding="f16")
+    b = make(tmp_path / "b", ["w"], seed=1, encoding="compact", max_records=None)
+    c = make(tmp_path / "c", ["v"], seed=2, encoding="f32", max_records=None)
+    result = merge([a, b, c], tmp_path / output)
+    assert result.records == 5 and result.reencoded == 2
+    with relabel_maps.open(tmp_path / output) as m, relabel_maps.open(b) as mb, relabel_maps.open(c) as mc:
+        assert m.metadata["encoding"]["name"] == "f16" and m.verify() == []
+        assert sorted(m) == ["v", "w", "x", "y", "z"]
+        for key, src in (("w", mb), ("v", mc)):
+            assert np.array_equal(m[key].indices, src[key].indices)
+            np.testing.assert_allclose(m[key].scores, src[key].scores, atol=2e-3)  # rounded to float16
+    compact = merge([a, c], tmp_path / "compact", encoding="compact")
+    assert compact.reencoded == 3  # a's two shards and c
+    with relabel_maps.open(tmp_path / "compact") as m:
+        assert m.metadata["encoding"]["name"] == "compact" and m.verify() == []
+
+
+def test_item8_merge_of_mismatched_inputs_says_exactly_why(tmp_path):
+    a = make(tmp_path / "a", ["x"], seed=0)
+    with relabel_maps.Writer(tmp_path / "b.rlm", num_classes=C + 1, k=2, teacher={"name": "t"}) as w:
+        w.add("y", np.array([[[0]], [[1]]]), np.array([[[1.0]], [[0.0]]], np.float32))
+    with pytest.raises(InvalidArgumentError, match=r"differ in num_classes: 20 against 21"):
+        merge([a, tmp_path / "b.rlm"], tmp_path / "out")
+    named = make(tmp_path / "named", ["z"], seed=1, class_names=[f"c{i}" for i in range(C)])
+    other = make(tmp_path / "other", ["w"], seed=1, class_names=[f"d{i}" for i in range(C)])
+    with pytest.raises(InvalidArgumentError, match="other class_names"):
+        merge([named, other], tmp_path / "out")
+    result = merge([a, named], tmp_path / "out")  # names of one input, none in the other: kept
+    with relabel_maps.open(tmp_path / "out") as m:
+        assert m.metadata["class_names"][:2] == ["c0", "c1"] and result.rewritten == 1
+
+
+def test_item8_merged_shard_parts_are_one_whole(tmp_path):
+    """0.1.0 kept the first part's `annotate.part: [0, 2]` in the merge of both parts."""
+    parts = [make(tmp_path / f"p{i}", [f"k{i}"], seed=i, metadata={"annotate.part": [i, 2]}) for i in range(2)]
+    merge(parts, tmp_path / "all")
+    with relabel_maps.open(tmp_path / "all") as m:
+        assert m.metadata["annotate.part"] == [0, 1] and "merge.parts" not in m.metadata
+        assert all(m.shard(s).metadata["annotate.part"] == [0, 1] for s in range(len(m.shard_names)))
+    merge(parts[1:], tmp_path / "one")  # a single part stays what it is
+    with relabel_maps.open(tmp_path / "one") as m:
+        assert m.metadata["annotate.part"] == [1, 2]
+    third = make(tmp_path / "p3", ["k3"], seed=3, metadata={"annotate.part": [1, 3]})
+    merge([parts[0], third], tmp_path / "some.rlm")
+    with relabel_maps.open(tmp_path / "some.rlm") as m:
+        assert "annotate.part" not in m.metadata and m.metadata["merge.parts"] == [[0, 2], [1, 3]]

@@ -48,6 +48,8 @@ def mix_soft_targets(
       ``(whole - a * cut) / (1 - a)`` of the linear pooled quantity, ``a`` the cut's area fraction.
       The two soft labels are mixed by area; ``lam`` is ignored (pass the area-corrected one to mix
       images consistently).
+
+    With a class map on the batch, each part's label is mapped to the dataset's classes before the mix.
     """
     perm = torch.as_tensor(perm, device=batch.boxes.device, dtype=torch.long)
     mode = resolve_fill(fill, batch.score_kind)
@@ -58,16 +60,16 @@ def mix_soft_targets(
     area = float((cut_t[2] - cut_t[0]).clamp(0, 1) * (cut_t[3] - cut_t[1]).clamp(0, 1))
     whole = batch.pool(fill=mode, temperature=temperature, activate=False)
     if area <= 0.0:
-        return finish_pooled(whole, mode)
+        return batch.map_classes(finish_pooled(whole, mode))
     cut_in_frames = cut_boxes(batch.boxes, batch.flips, cut_t)
     inner = batch.pool(fill=mode, temperature=temperature, boxes=cut_in_frames, activate=False)
-    pasted = finish_pooled(inner, mode)[perm]
+    pasted = batch.map_classes(finish_pooled(inner, mode))[perm]
     if area >= 1.0 - 1e-6:
         return pasted
     base_lin = (whole - area * inner) / (1.0 - area)
     if mode != "zero":  # pooled probability mass of the remainder: non-negative up to rounding
         base_lin = base_lin.clamp(min=0.0)
-    base = finish_pooled(base_lin, mode)
+    base = batch.map_classes(finish_pooled(base_lin, mode))
     return (1.0 - area) * base + area * pasted
 
 
@@ -122,7 +124,11 @@ class LabelMapMixup:
 
     def __call__(self, images: Tensor, batch: LabelMapBatch, target: Tensor | None = None) -> tuple[Tensor, ...]:
         """Mix ``images`` in place; return ``(images, soft_targets)``, plus the equally mixed one-hot
-        ``target`` as ``(B, C)`` when ``target`` (class indices) is given."""
+        ``target`` as ``(B, C)`` when ``target`` (class indices) is given: ``(images, soft, hard)``.
+
+        ``soft`` ``(B, C)`` are the label maps' mixed soft labels (over a class map's classes when the
+        batch has one); ``hard`` mixes the one-hot ``target`` the same way, so ``target`` must index the
+        same classes (:func:`relabel_maps.classmap.hard_label_index` checks an ImageFolder's)."""
         height, width = images.shape[-2:]
         lam, cut = self.sample(height, width)
         perm = torch.arange(images.shape[0] - 1, -1, -1, device=images.device)
@@ -138,5 +144,5 @@ class LabelMapMixup:
         soft = mix_soft_targets(batch, perm, lam, norm, fill=self.fill, temperature=self.temperature)
         if target is None:
             return images, soft
-        one_hot = torch.nn.functional.one_hot(target.long().to(soft.device), batch.num_classes).to(soft.dtype)
+        one_hot = torch.nn.functional.one_hot(target.long().to(soft.device), batch.num_outputs).to(soft.dtype)
         return images, soft, lam * one_hot + (1.0 - lam) * one_hot[perm.to(soft.device)]
