@@ -54,6 +54,7 @@ __all__ = [
     "LEFTOVER_MODES",
     "ClassMap",
     "ClassMapError",
+    "TeacherClasses",
     "hard_label_index",
     "imagenet_classes",
     "load_class_map",
@@ -65,6 +66,7 @@ IMAGENET_1K = "imagenet-1k"
 LEFTOVER_MODES = ("renormalize", "uniform", "other")
 OTHER = "other"
 
+_INDEX = re.compile(r"^\s*[+-]?\d+\s*$")
 _RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
 _WNID = re.compile(r"^n\d{8}$")
 #: a class-map file larger than this is refused before it is read (21k classes take ~1 MB)
@@ -198,7 +200,7 @@ class ClassMap:
         names = sorted(mapping) if order is None else list(order)
         if sorted(names) != sorted(mapping):
             raise ClassMapError("'order' must list every dataset class of the map exactly once")
-        resolver = _Resolver(num_classes, class_names, class_set)
+        resolver = TeacherClasses(num_classes, class_names, class_set)
         target = np.full(int(num_classes), -1, dtype=np.int64)
         for d, name in enumerate(names):
             refs = mapping[name]
@@ -224,57 +226,79 @@ def _finish(mapped: np.ndarray, rest: np.ndarray, leftover: str) -> np.ndarray:
         return np.where(tot > 0, mapped / np.where(tot > 0, tot, 1.0), 1.0 / d)
 
 
-class _Resolver:
-    """Teacher class references (index, range, WordNet id, name or synonym) → class indices."""
+class TeacherClasses:
+    """The one rule for naming a teacher's class: an index, a range ``lo-hi`` (when allowed), a WordNet
+    id (ImageNet-1k's, or ``wnids``) or a class name or one of its comma-separated synonyms (matched
+    case-insensitively, ``_`` read as a space). Used by class maps and by the label audit.
 
-    def __init__(self, num_classes: int, class_names: Sequence[str] | None, class_set: str | None) -> None:
+    :meth:`__call__` returns the class indices a reference names, or raises :class:`ClassMapError`
+    saying why it names none (out of range, unknown, ambiguous, no names or WordNet ids to match)."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        class_names: Sequence[str] | None,
+        class_set: str | None,
+        *,
+        wnids: Sequence[str] | None = None,
+    ) -> None:
         self.c = int(num_classes)
         known = class_names_for(class_set, self.c)
-        self.names = list(class_names) if class_names is not None else known
-        self.wnids = imagenet_classes()[0] if class_set == IMAGENET_1K and self.c == 1000 else None
+        self.names = [str(n) for n in class_names] if class_names is not None else known
+        if wnids is None and class_set == IMAGENET_1K and self.c == 1000:
+            wnids = imagenet_classes()[0]
+        self.wnids = {str(w): i for i, w in enumerate(wnids)} if wnids is not None else None
         self._full: dict[str, list[int]] = {}
         self._synonym: dict[str, list[int]] = {}
         for i, name in enumerate(self.names or []):
-            self._full.setdefault(name.strip().lower(), []).append(i)
-            for part in {p.strip().lower() for p in name.split(",") if p.strip()}:
-                self._synonym.setdefault(part, []).append(i)
+            self._full.setdefault(_fold(name), []).append(i)
+            for part in {_fold(p) for p in name.split(",") if p.strip()}:
+                if i not in self._synonym.setdefault(part, []):
+                    self._synonym[part].append(i)
 
     def label(self, c: int) -> str:
         return f" ({self.names[c]!r})" if self.names else ""
 
-    def __call__(self, ref: int | str) -> list[int]:
+    def __call__(self, ref: int | str, *, ranges: bool = True) -> list[int]:
         if isinstance(ref, bool) or not isinstance(ref, (int, str)):
             raise ClassMapError(f"a teacher class is an index or a name, got {ref!r}")
-        if isinstance(ref, int) or ref.strip().isdigit():
+        if isinstance(ref, int) or _INDEX.match(ref):
             return [self._index(int(ref))]
-        m = _RANGE.match(ref)
+        m = _RANGE.match(ref) if ranges else None
         if m:
             lo, hi = self._index(int(m.group(1))), self._index(int(m.group(2)))
             if lo > hi:
                 raise ClassMapError(f"empty class range {ref!r}")
             return list(range(lo, hi + 1))
         text = ref.strip()
-        if self.wnids is not None and _WNID.match(text):
-            if text not in self.wnids:
-                raise ClassMapError(f"{text!r} is not one of the ImageNet-1k WordNet ids")
-            return [self.wnids.index(text)]
+        if _WNID.match(text):
+            if self.wnids is None:
+                raise ClassMapError(f"{text!r} is a WordNet id, but the teacher's class set has no WordNet ids")
+            if text not in self.wnids or not 0 <= self.wnids[text] < self.c:
+                raise ClassMapError(f"{text!r} is not one of the teacher's WordNet ids")
+            return [self.wnids[text]]
         if self.names is None:
             raise ClassMapError(
                 f"teacher class {ref!r} is a name, but the label maps store no class names: use class indices"
             )
-        key = text.lower()
+        key = _fold(text)
         hits = self._full.get(key) or self._synonym.get(key) or []
         if len(hits) == 1:
             return hits
         if not hits:
-            raise ClassMapError(f"no teacher class is named {ref!r}")
+            raise ClassMapError(f"{ref!r} is not a class of the teacher")
         listed = ", ".join(f"{c} {self.names[c]!r}" for c in hits[:6])
-        raise ClassMapError(f"{ref!r} names {len(hits)} teacher classes ({listed}): give the index instead")
+        raise ClassMapError(f"{ref!r} names {len(hits)} teacher classes ({listed}): ambiguous, give the index instead")
 
     def _index(self, c: int) -> int:
         if not 0 <= c < self.c:
             raise ClassMapError(f"teacher class {c} is outside [0, {self.c})")
         return c
+
+
+def _fold(name: str) -> str:
+    """A class name as names are matched: case-folded, ``_`` as a space, white space collapsed."""
+    return " ".join(name.replace("_", " ").split()).casefold()
 
 
 def load_class_map(

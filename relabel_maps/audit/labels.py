@@ -11,7 +11,7 @@ Label sources (:func:`load_labels`):
   sample, keyed by its ``__key__``.
 
 A label is a class index (``285``), an ImageNet WordNet id (``n02124075``; needs the file's class set
-``imagenet-1k`` and timm's :class:`timm.data.ImageNetInfo`) or a class name (``Egyptian cat``,
+``imagenet-1k``, whose ids ship with the package) or a class name (``Egyptian cat``,
 ``Egyptian_cat``, or any comma-separated synonym of the file's ``class_names``). :class:`ClassResolver`
 maps it to the teacher's class index; a label outside the teacher's classes, or a name shared by
 several classes (ImageNet's two ``crane``), is reported with its reason and never guessed.
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 import tarfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..classmap import ClassMapError, TeacherClasses
 from ..errors import InvalidArgumentError, require
 
 __all__ = [
@@ -40,7 +40,6 @@ __all__ = [
     "FolderLabels",
     "TableLabels",
     "load_labels",
-    "imagenet_wnids",
     "resolve_keys",
 ]
 
@@ -49,21 +48,10 @@ NO_LABEL = -2
 #: label index of an image whose label is not one of the teacher's classes
 UNKNOWN_LABEL = -1
 
-_WNID = re.compile(r"^n\d{8}$")
 _KEY_COLUMNS = ("key", "__key__", "path", "file", "filename", "image.path")
 _LABEL_COLUMNS = ("label", "cls", "class", "target")
 _LABEL_MEMBERS = ("cls", "label")
 _FORMATS = ("auto", "folder", "csv", "parquet", "tar")
-
-
-def imagenet_wnids() -> list[str]:
-    """The 1000 ImageNet-1k WordNet ids in class-index order (timm's :class:`~timm.data.ImageNetInfo`)."""
-    timm_data = require("timm.data", "annotate")
-    return [str(w) for w in timm_data.ImageNetInfo().label_names()]
-
-
-def _norm(name: str) -> str:
-    return " ".join(name.replace("_", " ").split()).casefold()
 
 
 @dataclass(frozen=True)
@@ -75,10 +63,12 @@ class Resolution:
 
 
 class ClassResolver:
-    """Dataset labels (index, WordNet id, class name) → the teacher's class indices.
+    """Dataset labels (index, WordNet id, class name) → the teacher's class indices, through the one
+    naming rule of :class:`relabel_maps.classmap.TeacherClasses`; a label that names no single class
+    resolves to :data:`UNKNOWN_LABEL` with the reason.
 
-    ``wnids`` are the class set's WordNet ids in index order (``None``: WordNet ids are not
-    understood); ``class_names`` the file's names, each possibly a comma-separated synonym list."""
+    ``wnids`` are the class set's WordNet ids in index order (default: ImageNet-1k's for that class
+    set); ``class_names`` the file's names, each possibly a comma-separated synonym list."""
 
     def __init__(
         self,
@@ -86,26 +76,18 @@ class ClassResolver:
         class_names: Sequence[str] | None = None,
         wnids: Sequence[str] | None = None,
         *,
-        imagenet: bool = False,
+        class_set: str | None = None,
     ) -> None:
         self.num_classes = int(num_classes)
-        self._imagenet = imagenet and wnids is None  # load the ImageNet-1k WordNet ids on first use
         self.class_names = [str(n) for n in class_names] if class_names else None
-        self.wnids = {str(w): i for i, w in enumerate(wnids)} if wnids else None
-        self._names: dict[str, list[int]] = {}
-        for i, full in enumerate(self.class_names or ()):
-            variants = {_norm(full), *(_norm(part) for part in full.split(","))}
-            for v in variants:
-                if v and i not in self._names.setdefault(v, []):
-                    self._names[v].append(i)
+        self._classes = TeacherClasses(self.num_classes, self.class_names, class_set, wnids=wnids)
         self._cache: dict[str, Resolution] = {}
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any], *, wnids: Sequence[str] | None = None) -> ClassResolver:
-        """A resolver for a label-map file: its ``num_classes`` and ``class_names``; WordNet ids from
-        ``wnids`` or, for the class set ``imagenet-1k``, from timm (loaded on the first WordNet id)."""
-        imagenet = metadata.get("class_set") == "imagenet-1k"
-        return cls(int(metadata["num_classes"]), metadata.get("class_names"), wnids, imagenet=imagenet)
+        """A resolver for a label-map file: its ``num_classes``, ``class_names`` and ``class_set``."""
+        return cls(int(metadata["num_classes"]), metadata.get("class_names"), wnids,
+                   class_set=metadata.get("class_set"))
 
     def name(self, index: int) -> str:
         """The class's name (its first synonym), or ``str(index)``."""
@@ -118,37 +100,17 @@ class ClassResolver:
         text = str(label).strip()
         found = self._cache.get(text)
         if found is None:
-            found = self._cache[text] = self._resolve(text)
+            try:
+                (index,) = self._classes(text, ranges=False)
+                found = Resolution(index)
+            except ClassMapError as exc:
+                found = Resolution(UNKNOWN_LABEL, str(exc))
+            self._cache[text] = found
         return found
 
     def index(self, label: object) -> int:
         """``resolve(label).index``."""
         return self.resolve(label).index
-
-    def _resolve(self, text: str) -> Resolution:
-        if re.fullmatch(r"[+-]?\d+", text):
-            i = int(text)
-            if 0 <= i < self.num_classes:
-                return Resolution(i)
-            return Resolution(UNKNOWN_LABEL, f"class index {i} is outside the teacher's {self.num_classes} classes")
-        if _WNID.match(text):
-            if self.wnids is None and self._imagenet:
-                self.wnids = {w: i for i, w in enumerate(imagenet_wnids())}
-                self._imagenet = False
-            if self.wnids is None:
-                return Resolution(UNKNOWN_LABEL, f"WordNet id {text} but the teacher's class set has no WordNet ids")
-            i = self.wnids.get(text, UNKNOWN_LABEL)
-            if 0 <= i < self.num_classes:
-                return Resolution(i)
-            return Resolution(UNKNOWN_LABEL, f"WordNet id {text} is not one of the teacher's classes")
-        hits = self._names.get(_norm(text), [])
-        if len(hits) == 1:
-            return Resolution(hits[0])
-        if len(hits) > 1:
-            return Resolution(UNKNOWN_LABEL, f"name {text!r} is ambiguous: classes {', '.join(map(str, hits))}")
-        if not self.class_names:
-            return Resolution(UNKNOWN_LABEL, f"name {text!r} but the label maps store no class names")
-        return Resolution(UNKNOWN_LABEL, f"{text!r} is not a class of the teacher")
 
     def problems(self) -> dict[str, str]:
         """Every label resolved so far that is not a teacher class → its reason."""
