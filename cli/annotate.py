@@ -1,4 +1,9 @@
-"""``relabel-maps annotate``: run a teacher over a folder of images and write label maps."""
+"""``relabel-maps annotate``: run a teacher over a folder of images and write label maps.
+
+torch and the annotator are imported only once the options are checked, so a mistake in them is
+reported at once instead of after the seconds torch takes to load; the option choices below repeat
+the annotator's (``tests/test_first_day.py`` checks that they agree).
+"""
 
 from __future__ import annotations
 
@@ -9,17 +14,19 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
-import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from relabel_maps.annotate import DEFAULT_MAX_PIXELS, list_presets, load_teacher, parse_shard, resolve_source
-from relabel_maps.annotate import annotate as run
-from relabel_maps.annotate.step import PRECISIONS
+from relabel_maps.codecs import get_codec
+from relabel_maps.errors import InvalidArgumentError
 from relabel_maps.frame import CROP_MODES, normalize_crop_mode
 
 from .common import console, echo_json
 
 __all__ = ["annotate"]
+
+#: relabel_maps.annotate.step.PRECISIONS and relabel_maps.annotate.DEFAULT_MAX_PIXELS, without importing torch
+PRECISIONS = ("auto", "fp32", "tf32", "fp16", "bf16")
+DEFAULT_MAX_PIXELS = 178_956_970
 
 _PRESET_HELP = (
     "efficientnet_l2 (ReLabel: tf_efficientnet_l2.ns_jft_in1k_475, 475 px squash, 15x15), "
@@ -31,6 +38,8 @@ _PRESET_HELP = (
 def _list_teachers(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
+    from relabel_maps.annotate import list_presets
+
     for p in list_presets():
         click.echo(f"{p.name:<16} {p.model} @ {p.input_size[0]}x{p.input_size[1]} {p.crop_mode}  {p.description}")
     ctx.exit()
@@ -44,6 +53,16 @@ def _crop_mode(_ctx: click.Context, _param: click.Parameter, value: str | None) 
         return normalize_crop_mode(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _encoding(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """A codec name the writer knows (checked before torch is imported)."""
+    if value is not None:
+        try:
+            get_codec(value)
+        except InvalidArgumentError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
 
 
 def _size(value: str | None) -> tuple[int, int] | None:
@@ -66,7 +85,12 @@ def _size(value: str | None) -> tuple[int, int] | None:
 @click.option("--teacher", "-t", required=True, metavar="NAME", help=f"Teacher: {_PRESET_HELP}.")
 @click.option(
     "--checkpoint", type=click.Path(exists=True, dir_okay=False),
-    help="Weights: .safetensors or a torch state dict (loaded with weights_only=True).",
+    help="Weights: .safetensors or a torch state dict (loaded with weights_only=True). The classifier's "
+    "size is read from them; class names from --class-names or a timm config.json next to the file.",
+)
+@click.option(
+    "--class-names", type=click.Path(exists=True, dir_okay=False),
+    help="The teacher's class names, stored with the maps: a text file (one per line) or a JSON list.",
 )
 @click.option("--random-init", is_flag=True, help="Random weights (throughput measurements and tests only).")
 @click.option("--input-size", metavar="N|HxW", help="Override the teacher's input size.")
@@ -79,7 +103,7 @@ def _size(value: str | None) -> tuple[int, int] | None:
     help="With --crop-mode center: the crop covers this fraction of the resized image [default: 1].",
 )
 @click.option("--resize", callback=_crop_mode, hidden=True, help="Former name of --crop-mode.")
-@click.option("--num-classes", type=int, help="Classifier size (with --random-init).")
+@click.option("--num-classes", type=int, help="Classifier size (with --random-init; a checkpoint's is read from it).")
 @click.option(
     "--k", "-k", default=5, show_default=True, type=click.IntRange(1, 255),
     help="Classes kept per location.",
@@ -106,7 +130,10 @@ def _size(value: str | None) -> tuple[int, int] | None:
 )
 @click.option(
     "--shard", metavar="i/n",
-    help="Annotate only part i (0-based) of n of the sorted keys (cluster array jobs).",
+    help="Annotate only part i (0-based) of n of the sorted keys (cluster array jobs). Each part writes "
+    "its own output next to OUT: NAME.partIIIIIofNNNNN.rlm for OUT=NAME.rlm (e.g. maps.part00000of00002.rlm), "
+    "or OUT/partIIIIIofNNNNN/ for a folder. The part that finishes last writes NAME.index.json (OUT/NAME.index.json), "
+    "which opens all parts as one dataset; until then open the part's own output (--json: 'dataset').",
 )
 @click.option(
     "--glob", "globs", multiple=True, metavar="PATTERN",
@@ -116,8 +143,27 @@ def _size(value: str | None) -> tuple[int, int] | None:
     "--file-list", type=click.Path(exists=True, dir_okay=False),
     help="Text file of image paths (relative to SOURCE), one per line.",
 )
+@click.option(
+    "--split", metavar="NAME",
+    help="Tar/Parquet folders and hf:// repos: read this split's files (train, validation, ...; the "
+    "dataset card's configs or file names, as the datasets library resolves them).",
+)
+@click.option(
+    "--image-column", metavar="COLUMN",
+    help="Parquet: the image column (an Image struct with bytes/path, or binary) [default: image].",
+)
+@click.option(
+    "--key-column", metavar="COLUMN",
+    help="Parquet: the column holding each image's key, or a struct field (image.path, __key__) "
+    "[default: FILE-STEM/ROW, e.g. train-00000-of-00257/1234].",
+)
+@click.option(
+    "--no-draft", is_flag=True,
+    help="Decode large JPEGs in full. By default a JPEG at least 4x the teacher input on each side is "
+    "decoded at 1/2-1/8 scale (libjpeg DCT scaling), keeping >= 2 pixels per input pixel (see README).",
+)
 @click.option("--limit", type=click.IntRange(0), help="Only the first N keys.")
-@click.option("--encoding", help="Score encoding (compact, f16, f32) [default: compact].")
+@click.option("--encoding", callback=_encoding, help="Score encoding (compact, f16, f32) [default: compact].")
 @click.option("--level", type=click.IntRange(-7, 22), help="zstd level [default: the writer's].")
 @click.option(
     "--max-records", type=click.IntRange(1),
@@ -148,6 +194,7 @@ def annotate(
     out: str,
     teacher: str,
     checkpoint: str | None,
+    class_names: str | None,
     random_init: bool,
     input_size: str | None,
     crop_mode: str | None,
@@ -163,6 +210,10 @@ def annotate(
     shard: str | None,
     globs: tuple[str, ...],
     file_list: str | None,
+    split: str | None,
+    image_column: str | None,
+    key_column: str | None,
+    no_draft: bool,
     limit: int | None,
     encoding: str | None,
     level: int | None,
@@ -178,15 +229,20 @@ def annotate(
     """Run a TEACHER over the images of SOURCE and write top-k label maps to OUT.
 
     SOURCE is a folder (any tree; keys are relative paths, e.g. ImageNet's
-    n01440764/n01440764_10026.JPEG), one image, or @samples (two photos shipped with the package).
-    OUT is NAME.rlm (one file) or a folder (shards). Re-running the same command resumes; under
-    torchrun every rank writes its own part (join them with 'relabel-maps merge').
+    n01440764/n01440764_10026.JPEG), one image, or @samples (two photos shipped with the package);
+    or WebDataset tar shards / Parquet files: a file, a folder of them, a brace pattern
+    ('shards/train-{0000..0099}.tar') or hf://datasets/OWNER/NAME[@REV][/PATH], streamed (keys: the
+    tar samples' __key__; Parquet: --key-column or FILE-STEM/ROW). OUT is NAME.rlm (one file) or a
+    folder (shards). Re-running the same command resumes; under torchrun every rank writes its own
+    part (join them with 'relabel-maps merge').
 
     \b
     Examples:
       relabel-maps annotate @samples maps.rlm --teacher lite0-packaged   # offline
       relabel-maps annotate photos/ maps.rlm --teacher lite0-packaged
       relabel-maps annotate imagenet/train maps/ --teacher efficientnet_l2 --compile
+      relabel-maps annotate 'hf://datasets/timm/imagenet-1k-wds/imagenet1k-train-{0000..1023}.tar' maps/ -t resnet50
+      relabel-maps annotate hf://datasets/ILSVRC/imagenet-1k maps/ --split train -t efficientnet_l2
       torchrun --nproc-per-node 8 --no-python relabel-maps annotate imagenet/train maps/ -t efficientnet_l2
     """
     # Library errors (unknown teacher, bad shard, unreadable checkpoint, ...) become one-line
@@ -196,8 +252,16 @@ def annotate(
     if num_classes is not None and not random_init:
         raise click.UsageError("--num-classes only applies with --random-init")
     size = _size(input_size)
-    if not resolve_source(source).exists():
-        raise click.BadParameter(f"{source!r} does not exist (a folder, an image, or @samples)", param_hint="SOURCE")
+    import torch
+
+    from relabel_maps.annotate import annotate as run
+    from relabel_maps.annotate import load_teacher, parse_shard
+    from relabel_maps.annotate.sources import source_exists
+
+    if not source_exists(source):
+        raise click.BadParameter(
+            f"{source!r} does not exist (a folder, an image, @samples, tar shards, Parquet files or hf://...)",
+            param_hint="SOURCE")
     shard_pair = parse_shard(shard)
     if device is not None:
         try:
@@ -215,6 +279,7 @@ def annotate(
         crop_mode=crop_mode or resize,
         crop_pct=crop_pct,
         num_classes=num_classes,
+        class_names=class_names,
     )
     show_bar = not quiet and not as_json and sys.stderr.isatty()
     with _progress_bar(show_bar, f"annotate {t.preset or t.name}") as progress:
@@ -236,6 +301,10 @@ def annotate(
             limit=limit,
             globs=globs,
             file_list=file_list,
+            split=split,
+            image_column=image_column,
+            key_column=key_column,
+            draft=not no_draft,
             failures=failures,
             max_pixels=max_pixels,
             gpu_decode=False if no_gpu_decode else None,
@@ -294,5 +363,11 @@ def _report(s: dict[str, Any], as_json: bool) -> None:
         click.echo(f"  {p}")
     if s.get("index"):
         click.echo(f"all parts finished; joined by {s['index']}")
+    elif s.get("part") and s["part"][1] > 1:
+        i, n = s["part"]
+        click.echo(f"part {i} of {n} (0-based) written; the index joining all {n} parts appears next to OUT "
+                   "once the last one finishes")
+    if s.get("dataset"):
+        click.echo(f"open: {s['dataset']}")
     if s["failed"]:
         click.echo(f"failure report: {s['failures_path']}")

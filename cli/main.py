@@ -51,7 +51,15 @@ def _one_line(exc: BaseException) -> str:
 
 
 class RelabelMapsGroup(click.Group):
-    """A group whose commands are imported on first use and whose errors are one line long."""
+    """A group whose commands are imported on first use and whose errors are one line long.
+
+    ``--debug`` works anywhere on the command line (``relabel-maps info x --debug`` too)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        end = args.index("--") if "--" in args else len(args)
+        if "--debug" in args[:end]:
+            args = ["--debug", *(a for i, a in enumerate(args) if i >= end or a != "--debug")]
+        return super().parse_args(ctx, args)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         names = [n for n, (mod, _, _) in COMMANDS.items() if _module_exists(mod)]
@@ -115,7 +123,10 @@ def _hub_line(exc: BaseException) -> str:
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="Run 'relabel-maps COMMAND --help' for a command's options and examples.",
 )
-@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line error messages.")
+@click.option(
+    "--debug", is_flag=True,
+    help="Show full tracebacks instead of one-line error messages (before or after the command).",
+)
 @click.version_option(package_name="relabel-maps", prog_name="relabel-maps")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:

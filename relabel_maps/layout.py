@@ -29,6 +29,7 @@ __all__ = [
     "dataset_location",
     "index_path",
     "lock_path",
+    "source_record_path",
     "temp_path",
     "shard_files",
     "parse_shard_name",
@@ -92,6 +93,12 @@ def index_path(folder: Path, name: str) -> Path:
 def lock_path(folder: Path, name: str) -> Path:
     """The writer lock file of dataset (or single file) ``name`` in ``folder``: ``.NAME.lock``."""
     return folder / f".{name}.lock"
+
+
+def source_record_path(folder: Path, name: str) -> Path:
+    """What a finished output of dataset (or single file) ``name`` read from a stream source covers
+    (``relabel_maps.annotate.completion``): ``.NAME.source.json``."""
+    return folder / f".{name}.source.json"
 
 
 def temp_path(path: Path) -> Path:

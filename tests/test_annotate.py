@@ -28,7 +28,7 @@ from relabel_maps.annotate import decode as decode_mod  # noqa: E402
 from relabel_maps.annotate.batches import plan_batches  # noqa: E402
 from relabel_maps.annotate.decode import load_rgb, resize_array, resize_image  # noqa: E402
 from relabel_maps.annotate.sources import list_images, parse_shard, shard_items  # noqa: E402
-from relabel_maps.errors import InvalidArgumentError, WriterError  # noqa: E402
+from relabel_maps.errors import InvalidArgumentError  # noqa: E402
 
 NC = 10
 SIZE = 64
@@ -265,8 +265,8 @@ def test_dataloader_workers_and_rerun_of_finished_output(tmp_path, tiny):
     again = annotate(tmp_path / "src", tmp_path / "a.rlm", tiny, k=2, batch_size=2)
     assert (again.annotated, again.skipped, again.records) == (0, 5, 5)
     Image.fromarray(_rgb(30, 30, 9)).save(tmp_path / "src" / "new.png")
-    with pytest.raises(WriterError, match="finished dataset without 1"):
-        annotate(tmp_path / "src", tmp_path / "a.rlm", tiny, k=2, batch_size=2)
+    grown = annotate(tmp_path / "src", tmp_path / "a.rlm", tiny, k=2, batch_size=2)  # the new image is added
+    assert (grown.annotated, grown.skipped, grown.records) == (1, 5, 6)
     redo = annotate(tmp_path / "src", tmp_path / "a.rlm", tiny, k=2, batch_size=2, overwrite=True)
     assert redo.records == 6
 

@@ -157,7 +157,7 @@ def _corrupt_last_record(path: str) -> None:
         key = list(maps)[-1]
         reader = maps.shard(len(maps.shard_names) - 1) if hasattr(maps, "shard") else maps
         i = list(reader).index(key)
-        offset = reader._offsets[i] + reader._nbytes[i] - 3
+        offset = reader.record_offset(i) + reader.record_nbytes(i) - 3
         file = reader.path
     with open(file, "r+b") as fh:
         fh.seek(offset)

@@ -11,6 +11,15 @@ bicubic in float32, rounded once to 8-bit values) makes every teacher input.
 PIL's own 8-bit resize is not used: its intermediate rounding moves the Lite0 teacher's per-location
 top-1 on 6.4 % of locations against the float resize (``benchmarks/bench_precision.py``).
 
+Draft decode (``draft=True``, the annotator's default for the worker path): a JPEG much larger than
+the teacher input is decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling (PIL ``draft``),
+never below :data:`DRAFT_MARGIN` decoded pixels per teacher-input pixel along each side of the
+window the teacher sees, and then resized by the same :func:`resize_image`. It only applies where
+that leaves a factor of two or more (photos at least ``2 x DRAFT_MARGIN`` times the input side);
+``benchmarks/bench_annotate.py`` measures its speed-up, pixel difference and teacher top-1
+agreement on real photos. The device decoder has no reduced decode, so a run that decodes JPEGs
+on the device does not draft at all (one preprocessing per run).
+
 EXIF orientation is not applied (as in torchvision's and PIL's default loaders used for
 training), so the map's grid matches the pixels a training pipeline sees.
 """
@@ -18,6 +27,7 @@ training), so the map's grid matches the pixels a training pipeline sees.
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +44,9 @@ from ..frame import source_window
 __all__ = [
     "DecodedItem",
     "DEFAULT_MAX_PIXELS",
+    "DRAFT_MARGIN",
+    "decode_item",
+    "draft_request",
     "ImageDecodeError",
     "load_rgb",
     "load_item",
@@ -44,6 +57,8 @@ __all__ = [
 ]
 
 DEFAULT_MAX_PIXELS = 178_956_970  # PIL's own hard limit (2 x Image.MAX_IMAGE_PIXELS)
+#: a drafted JPEG keeps at least this many decoded pixels per teacher-input pixel along each side
+DRAFT_MARGIN = 2.0
 _PLANE_BY_PLANE = 1 << 22  # pixels above which a CPU resize converts one colour plane at a time
 _JPEG_SOI = b"\xff\xd8"
 _JPEG_EOI = b"\xff\xd9"
@@ -74,7 +89,8 @@ class DecodedItem:
     """A worker's result for one image.
 
     ``kind`` is ``"tensor"`` (``data``: resized ``(3, H, W)`` uint8 tensor), ``"jpeg"`` (``data``:
-    the file's bytes as a uint8 tensor, decoded on the GPU) or ``"error"`` (``reason``/``detail``).
+    the file's bytes as a uint8 tensor, decoded on the GPU), ``"error"`` (``reason``/``detail``) or
+    ``"skip"`` (stored by an earlier run; counted, not decoded).
     """
 
     index: int
@@ -132,14 +148,35 @@ def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
-def load_rgb(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def draft_request(width: int, height: int, size: Sequence[int], crop_mode: str = "squash", crop_pct: float = 1.0,
+                  margin: float = DRAFT_MARGIN) -> tuple[int, int] | None:
+    """The size to pass to PIL's ``draft`` for a ``width x height`` JPEG framed into ``size`` (the
+    smallest decoded size that keeps ``margin`` pixels per input pixel across the teacher's window),
+    or ``None`` when that allows no reduction by two or more."""
+    _, _, ch, cw = source_window(height, width, size, crop_mode, crop_pct)
+    need_w = max(1, math.ceil(margin * int(size[1]) * width / max(cw, 1)))
+    need_h = max(1, math.ceil(margin * int(size[0]) * height / max(ch, 1)))
+    if min(width // need_w, height // need_h) < 2:
+        return None
+    return need_w, need_h
+
+
+def load_rgb(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+             draft: tuple[Sequence[int], str, float] | None = None, draft_margin: float = DRAFT_MARGIN) -> np.ndarray:
     """Decode encoded image bytes with PIL to an 8-bit RGB ``(H, W, 3)`` array.
+
+    ``draft``: ``(size, crop_mode, crop_pct)`` of the teacher input; a JPEG that is much larger is
+    decoded at a reduced scale (:func:`draft_request` with ``draft_margin``).
 
     Raises:
         ImageDecodeError: not an image, truncated/corrupt, or more than ``max_pixels`` pixels
             (checked from the header, before any pixel is decoded).
     """
     img = _open_checked(data, max_pixels)
+    if draft is not None and img.format == "JPEG":
+        request = draft_request(img.size[0], img.size[1], *draft, margin=draft_margin)
+        if request is not None:
+            img.draft(None, request)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -196,6 +233,7 @@ def load_item(
     crop_pct: float = 1.0,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     jpeg_passthrough: bool = False,
+    draft: bool = False,
 ) -> DecodedItem:
     """Read one image file for the teacher (runs in DataLoader workers; never raises for bad images):
     a ``"tensor"`` item holds the ``(3, H, W)`` uint8 frame, a ``"jpeg"`` item the file's bytes."""
@@ -204,12 +242,32 @@ def load_item(
             data = f.read()
     except OSError as exc:
         return DecodedItem(index, key, path, "error", reason="unreadable", detail=str(exc))
+    return decode_item(index, key, path, data, size=size, crop_mode=crop_mode, crop_pct=crop_pct,
+                       max_pixels=max_pixels, jpeg_passthrough=jpeg_passthrough, draft=draft)
+
+
+def decode_item(
+    index: int,
+    key: str,
+    path: str,
+    data: bytes,
+    *,
+    size: Sequence[int],
+    crop_mode: str,
+    crop_pct: float = 1.0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    jpeg_passthrough: bool = False,
+    draft: bool = False,
+) -> DecodedItem:
+    """:func:`load_item` for bytes already read (a tar member, a Parquet cell): the teacher frame
+    (``draft``: JPEGs much larger than ``size`` decoded at a reduced scale), or the bytes of an
+    RGB/grayscale JPEG for the device decoder (``jpeg_passthrough``), or the reason it fails."""
     try:
         if jpeg_passthrough and data.startswith(_JPEG_SOI) and not _looks_truncated(data):
             img = _open_checked(data, max_pixels)
             if img.format == "JPEG" and img.mode in ("RGB", "L"):
                 return DecodedItem(index, key, path, "jpeg", data=torch.frombuffer(bytearray(data), dtype=torch.uint8))
-        arr = load_rgb(data, max_pixels=max_pixels)
+        arr = load_rgb(data, max_pixels=max_pixels, draft=(size, crop_mode, crop_pct) if draft else None)
         out = resize_image(torch.from_numpy(arr).permute(2, 0, 1), size, crop_mode, crop_pct).to(torch.uint8)
     except ImageDecodeError as exc:
         return DecodedItem(index, key, path, "error", reason=exc.reason, detail=exc.detail)

@@ -1,29 +1,33 @@
 """A run's files on disk: its part's output and failure report, whether that output is finished,
-and the index joining the parts of a multi-part run (names from :mod:`relabel_maps.layout`)."""
+reopening a finished output that a later run extends, and the index joining the parts of a
+multi-part run (names from :mod:`relabel_maps.layout`)."""
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ..errors import WriterError
 from ..layout import (
     INDEX_SUFFIX,
     combined_index_path,
     dataset_location,
     index_path,
     is_sharded,
+    local_dataset_files,
     part_output_path,
     shard_files,
 )
 from ..opener import open as open_maps
+from ..reader import Reader
 from ..shards import write_index
+from ..writer import Writer
 
-__all__ = ["FinishedOutput", "check_finished", "failures_path", "finished_output", "remove_finished",
-           "write_combined_index"]
+__all__ = ["FinishedOutput", "check_finished", "dataset_path", "failures_path", "finished_output", "remove_finished",
+           "reopen_finished", "write_combined_index"]
 
 
 @dataclass(frozen=True)
@@ -66,23 +70,55 @@ def remove_finished(target: Path, max_records: int | None) -> None:
         p.unlink()
 
 
-def check_finished(finished: Path, keys: Sequence[str], failed: Collection[str]) -> FinishedOutput:
-    """Check that the finished dataset holds every key of ``keys`` that did not fail before.
-
-    Raises:
-        WriterError: a key is missing (the source gained images since the output was finished).
-    """
+def check_finished(finished: Path, keys: Sequence[str], failed: Collection[str]) -> FinishedOutput | None:
+    """The finished dataset, when it holds every key of ``keys`` that did not fail before; ``None``
+    when keys are missing (a trial run with ``limit``, or the source gained images): the run then
+    extends it (:func:`reopen_finished`)."""
     with open_maps(finished) as maps:
         stored = set(maps.keys())
-        missing = [key for key in keys if key not in stored and key not in failed]
-        if missing:
-            raise WriterError(
-                f"{finished} is a finished dataset without {len(missing)} of the source's images "
-                f"(e.g. {missing[0]!r}); write to a new output or pass --overwrite"
-            )
+        if any(key not in stored and key not in failed for key in keys):
+            return None
         records = len(maps)
     files = sorted(str(p) for p in (finished.glob("*.rlm") if finished.is_dir() else [finished]))
     return FinishedOutput(files, sum(os.path.getsize(p) for p in files), records)
+
+
+def reopen_finished(target: Path, finished: Path, writer_kwargs: Mapping[str, Any]) -> Writer:
+    """A resumable writer of ``target`` that holds the records of the ``finished`` dataset there,
+    so that a run adds the keys it lacks (a trial run with ``limit`` extended by the same command).
+
+    The records are copied as stored (never decoded and re-encoded) into the writer's working files
+    and the finished output stays in place until the writer publishes the extended one; a run killed
+    meanwhile resumes from the working files. A finished output written with other arguments (another
+    teacher, encoding, ...) is refused as a plain resume would (:class:`WriterError`).
+    """
+    # WriterError when written with other arguments; a killed extension's working files are kept
+    Writer(target, **writer_kwargs, resume=True).abort()
+    writer = Writer(target, **writer_kwargs, resume=True, overwrite=True)
+    try:
+        for _, local in local_dataset_files(finished):
+            if not local.endswith(".rlm"):
+                continue
+            with Reader(local) as r:
+                for key in r:
+                    if key not in writer:
+                        writer.add_raw(key, r.read_record(key), dictionary=r.dictionary)
+        writer.flush()
+    except BaseException:
+        writer.abort()
+        raise
+    return writer
+
+
+def dataset_path(target: Path, max_records: int | None, index: Path | None) -> str | None:
+    """What to open for a run's results: the index joining every part once there is one, else the
+    part's own finished output (its file, or the index in its folder)."""
+    if index is not None:
+        return str(index)
+    finished = finished_output(target, max_records)
+    if finished is None:
+        return None
+    return str(finished if finished.is_file() else index_path(*dataset_location(target, sharded=True)))
 
 
 def write_combined_index(out: str | os.PathLike[str], parts: int, max_records: int | None = None) -> Path | None:

@@ -1,5 +1,10 @@
 """The annotation run: images → teacher → top-k per location → label-map dataset.
 
+Sources (:mod:`.sources`): a folder tree or file list (keys: relative paths), or a stream source:
+WebDataset tar shards or Parquet files, local or ``hf://`` (keys: :mod:`relabel_maps.samplekeys`),
+split between parts by whole shards or row groups and read sequentially by a background thread;
+workers only decode (:func:`.batches.stream_loader`).
+
 Stages overlap so the device never waits: DataLoader workers decode (:mod:`.batches`,
 :mod:`.decode`), the main thread runs the device step (:mod:`.step`), and a background thread
 writes records (:mod:`.sinks`).
@@ -15,7 +20,11 @@ Resume: the writer journals every flushed record; a re-run skips stored keys. Ba
 from the full, sorted key list in fixed windows, so a resumed run feeds the teacher the same
 batches as an uninterrupted one. Multi-GPU: under ``torchrun`` each rank takes its own part of
 the keys and writes its own output; the part that finishes last writes one index over all parts
-(``relabel-maps merge`` can also join them into one file). ``--shard i/n`` splits the same way.
+(``relabel-maps merge`` can also join them into one file). ``--shard i/n`` splits the same way. A
+stream source's duplicate keys are settled in source order: within a part as the samples come, and
+across parts when the last part finishes (:mod:`.combine`), so the joined dataset equals one part's run.
+A finished stream output records what it covers (:mod:`.completion`): re-running it with the same
+files and options reports it complete without reading the source again.
 """
 
 from __future__ import annotations
@@ -25,25 +34,50 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import InvalidArgumentError
 from ..layout import combined_index_path, part_output_path
+from ..opener import open as open_maps
 from ..writer import Writer
-from .batches import TeacherInput, assemble, batch_loader, plan_batches, plan_loader, shm_free_bytes
+from .batches import (
+    FailFn,
+    TeacherInput,
+    assemble,
+    batch_loader,
+    plan_batches,
+    plan_loader,
+    shm_free_bytes,
+    stream_loader,
+    windows,
+)
+from .combine import combine_parts
+from .completion import completion_state, covers, forget, record
 from .decode import DEFAULT_MAX_PIXELS
 from .device import ChunkedStep, default_batch_size, dist_info, select_device
 from .outputs import (
+    FinishedOutput,
     check_finished,
+    dataset_path,
     failures_path,
     finished_output,
     remove_finished,
+    reopen_finished,
     write_combined_index,
 )
 from .sinks import FailureLog, RecordSink, failed_keys
-from .sources import ImageItem, list_images, shard_items
+from .sources import (
+    ImageItem,
+    PartStream,
+    StreamSource,
+    is_stream_source,
+    list_images,
+    open_stream_source,
+    shard_items,
+)
 from .step import StepOut, TopKStep, can_compile, get_step, resolve_precision, to_host
 from .teacher import Teacher, load_teacher
 
@@ -64,7 +98,7 @@ class AnnotateSummary:
 
     outputs: list[str]
     failures_path: str
-    total: int  # images in this part of the source
+    total: int  # images in this part of the source (stream sources: the samples read)
     annotated: int  # written by this run
     skipped: int  # already stored (resume)
     failed: int
@@ -77,6 +111,8 @@ class AnnotateSummary:
     fp32_retries: int = 0  # images recomputed in fp32 because their maps held a non-finite value
     failure_reasons: dict[str, int] = field(default_factory=dict)
     index: str | None = None  # the index joining all parts, once every part has finished
+    dataset: str | None = None  # what to open: that index, else this part's own file (or its folder's index)
+    part: tuple[int, int] = (0, 1)  # (part, parts) of a --shard / multi-rank run
 
     @property
     def images_per_second(self) -> float:
@@ -122,18 +158,30 @@ def annotate(
     progress: Callable[..., None] | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     pretrained: bool = True,
+    split: str | None = None,
+    image_column: str | None = None,
+    key_column: str | None = None,
+    draft: bool = True,
 ) -> AnnotateSummary:
     """Annotate the images of ``source`` with ``teacher`` and write a label-map dataset to ``out``.
 
     Args:
-        source: folder (walked recursively; keys are relative POSIX paths) or single image.
+        source: folder (walked recursively; keys are relative POSIX paths) or single image; or tar
+            shards / Parquet files: a file, a folder of them, a brace pattern, a glob, or
+            ``hf://datasets/owner/name[@rev][/path]`` (keys: :mod:`relabel_maps.samplekeys`).
+        split: with a folder or repo of tar/Parquet files, the split to read (``datasets``' rules).
+        image_column, key_column: Parquet: the image column (default ``image``) and the column (or
+            ``column.field``) holding the keys (default: ``{file stem}/{row}``).
+        draft: decode JPEGs much larger than the teacher input at a reduced scale (:mod:`.decode`);
+            off whenever JPEGs are decoded on the device.
         out: ``x.rlm`` for one file, or a folder for shards (also when ``max_records`` is set).
         teacher: a :class:`Teacher`, or a preset / timm model name (loaded with ``checkpoint``,
             ``pretrained``).
         k: classes stored per location. ``store_lse``: store the log-sum-exp per location, which
             makes probabilities exact.
-        shard: ``(i, n)``: annotate only the ``i``-th of ``n`` contiguous parts of the sorted keys;
-            combined with ``torchrun`` ranks (each rank takes its own sub-part and output).
+        shard: ``(i, n)``: annotate only the ``i``-th of ``n`` contiguous parts of the sorted keys (stream
+            sources: of the shards / row groups); combined with ``torchrun`` ranks (each rank takes its
+            own sub-part and output).
         batch_size: images per forward pass; default: measured from the free memory on CUDA (at most
             128), 32 elsewhere. On device out-of-memory the run continues with half as many.
         precision: ``"auto"`` (= ``"fp32"``: IEEE float32, no TF32), ``"tf32"``, ``"fp16"`` or
@@ -149,7 +197,8 @@ def annotate(
             count. It may be called from the writer thread.
 
     Re-running the same call resumes: finished keys are skipped, and a finished output whose keys
-    cover the source is reported as complete.
+    cover the source is reported as complete; one that lacks some (a trial run with ``limit``, new
+    images) is extended with them.
     """
     if (batch_size is not None and batch_size < 1) or k < 1:
         raise InvalidArgumentError("batch_size and k must be positive")
@@ -167,26 +216,47 @@ def annotate(
         raise InvalidArgumentError(f"k={k} exceeds the teacher's {teacher.num_classes} classes")
     prec = resolve_precision(precision, dev.type)
 
-    all_items = list(items) if items is not None else list_images(source, file_list=file_list, globs=globs)
-    part_items = shard_items(all_items, part, parts)
-    if limit is not None:
-        part_items = part_items[: max(0, int(limit))]
+    stream: StreamSource | None = None
+    if items is None and is_stream_source(source):
+        if file_list is not None:
+            raise InvalidArgumentError("a file list selects images of a folder; use globs with tar or Parquet sources")
+        stream = open_stream_source(source, split=split, image_column=image_column, key_column=key_column)
+    elif split is not None or image_column is not None or key_column is not None:
+        raise InvalidArgumentError("split, image_column and key_column apply to tar shards and Parquet files")
+    part_items: list[ImageItem] = []
+    plan: list[list[int]] = []
+    if stream is None:
+        all_items = list(items) if items is not None else list_images(source, file_list=file_list, globs=globs)
+        part_items = shard_items(all_items, part, parts)
+        if limit is not None:
+            part_items = part_items[: max(0, int(limit))]
+    else:
+        part_units = shard_items(stream.units, part, parts)
+        covered = completion_state(stream.fingerprint(part_units), limit, globs)
     target = part_output_path(out, part, parts, max_records)
     fail_path = failures_path(target, failures, part, parts)
+    is_cuda = dev.type == "cuda"
+    passthrough = bool(gpu_decode if gpu_decode is not None else is_cuda)
 
     t0 = time.perf_counter()
     finished = finished_output(target, max_records)
     if finished is not None and not overwrite:
-        keys = [it.key for it in part_items]
-        failed_before = failed_keys(fail_path)
-        done = check_finished(finished, keys, failed_before)
-        index = write_combined_index(out, parts, max_records)
-        return AnnotateSummary(
-            outputs=done.files, failures_path=str(fail_path), total=len(part_items), annotated=0,
-            skipped=len(part_items) - len(failed_before.intersection(keys)), failed=0,
-            seconds=time.perf_counter() - t0, bytes_written=done.nbytes, records=done.records, device=str(dev),
-            precision=prec, index=str(index) if index else None,
-        )
+        if stream is None:
+            keys = [it.key for it in part_items]
+            failed_before = failed_keys(fail_path)
+            result = check_finished(finished, keys, failed_before)
+            total, skipped = len(part_items), len(part_items) - len(failed_before.intersection(keys))
+        else:  # complete when recorded so: reading the shards again would cost as much as the run
+            result = _finished_files(finished) if covers(target, max_records, covered) else None
+            total = skipped = result.records if result is not None else 0
+        if result is not None:
+            index = _combine(stream, out, parts, max_records, failures)
+            return AnnotateSummary(
+                outputs=result.files, failures_path=str(fail_path), total=total, annotated=0, skipped=skipped,
+                failed=0, seconds=time.perf_counter() - t0, bytes_written=result.nbytes, records=result.records,
+                device=str(dev), precision=prec, index=str(index) if index else None,
+                dataset=dataset_path(target, max_records, index), part=(part, parts),
+            )
 
     writer_kwargs: dict[str, Any] = dict(
         num_classes=teacher.num_classes,
@@ -198,7 +268,8 @@ def annotate(
         class_names=teacher.class_names,
         metadata={"annotate.store_lse": bool(store_lse), "annotate.precision": prec,
                   "annotate.tf32": prec == "tf32", "annotate.fp32_retry": prec != "fp32",
-                  "annotate.part": [part, parts]},
+                  "annotate.part": [part, parts], "annotate.draft": bool(draft and not passthrough),
+                  **({} if stream is None else {"annotate.source": stream.description})},
         max_records=max_records,
     )
     if level is not None:
@@ -206,48 +277,65 @@ def annotate(
     if overwrite:  # start over: drop partial files of earlier runs, then the finished output
         Writer(target, **writer_kwargs, resume=False, overwrite=True).abort()
         remove_finished(target, max_records)
-    writer = Writer(target, **writer_kwargs, resume=True)
+    if finished is not None and not overwrite:  # keys are missing: extend the finished output
+        writer = reopen_finished(target, finished, writer_kwargs)
+    else:
+        writer = Writer(target, **writer_kwargs, resume=True)
 
-    is_cuda = dev.type == "cuda"
     cl = channels_last if channels_last is not None else is_cuda
     step = get_step(teacher, k, prec, store_lse, cl, compile and can_compile(dev))
     retry = None if prec == "fp32" else get_step(teacher, k, "fp32", store_lse, cl, False)
     if batch_size is None:
         batch_size = default_batch_size(get_step(teacher, k, prec, store_lse, cl, False), teacher.input_size)
-    plan = plan_batches(len(part_items), batch_size, lambda i: part_items[i].key in writer)
-    skipped = len(part_items) - sum(len(b) for b in plan)
     report: Callable[..., None] = progress or _no_progress
-    report(skipped, total=len(part_items), skipped=skipped)
+    if stream is None:
+        plan = plan_batches(len(part_items), batch_size, lambda i: part_items[i].key in writer)
+        skipped = len(part_items) - sum(len(b) for b in plan)
+        report(skipped, total=len(part_items), skipped=skipped)
+    else:
+        samples = PartStream(stream, part_units, set(writer).__contains__, globs, limit)
+        skipped = 0
+        report(0, total=None if globs or limit is not None else stream.known_total(part_units))
     fail_log = FailureLog(fail_path)
     sink = RecordSink(writer, queue_size, report)
-    spec = TeacherInput(teacher.input_size, teacher.crop_mode, teacher.crop_pct, max_pixels)
+    spec = TeacherInput(teacher.input_size, teacher.crop_mode, teacher.crop_pct, max_pixels,
+                        draft=bool(draft and not passthrough))
 
-    def fail(index: int, reason: str, detail: str) -> None:
-        it = part_items[index]
-        fail_log.add(it.key, it.path, reason, detail)
+    def fail(key: str | None, path: str, reason: str, detail: str) -> None:
+        fail_log.add(key, path, reason, detail)  # type: ignore[arg-type]  # key None: a whole unit failed
         report(1, failed=1)
 
-    run = _Run(ChunkedStep(step, batch_size), retry, sink, fail, [it.key for it in part_items])
+    run = _Run(ChunkedStep(step, batch_size), retry, sink, fail)
     ok = False
     sink.start()
     try:
-        if plan:
+        if stream is not None or plan:
             frame_bytes = 3 * spec.size[0] * spec.size[1]
             loader = plan_loader(_default_workers(is_cuda) if workers is None else max(0, int(workers)),
                                  batch_size, frame_bytes, shm_free_bytes())
             if loader.note:
                 warnings.warn(loader.note, RuntimeWarning, stacklevel=2)
-            batches = batch_loader(
-                part_items, plan, spec, jpeg_passthrough=bool(gpu_decode if gpu_decode is not None else is_cuda),
-                loader=loader, pin_memory=is_cuda,
-            )
+            if stream is None:
+                batches = batch_loader(part_items, plan, spec, jpeg_passthrough=passthrough, loader=loader,
+                                       pin_memory=is_cuda)
+            else:
+                batches = stream_loader(windows(samples, batch_size), spec, jpeg_passthrough=passthrough,
+                                        loader=loader, pin_memory=is_cuda)
             for batch in batches:
+                if batch["skipped"]:
+                    skipped += batch["skipped"]
+                    report(batch["skipped"], skipped=batch["skipped"])
                 keep, x = assemble(batch, spec, dev, fail)
                 if x is not None:
-                    run.add(keep, x)
+                    paths = dict(zip(batch["key"], batch["path"], strict=True))
+                    run.add(keep, [paths[key] for key in keep], x)
             run.flush()
         sink.finish()
+        if stream is not None:
+            forget(target, max_records)
         outputs = writer.close()
+        if stream is not None:
+            record(target, max_records, covered)
         ok = True
     finally:
         if not ok:
@@ -259,11 +347,11 @@ def annotate(
             writer.abort()
         fail_log.close()
 
-    index = write_combined_index(out, parts, max_records)
+    index = _combine(stream, out, parts, max_records, failures)
     return AnnotateSummary(
         outputs=outputs,
         failures_path=str(fail_path),
-        total=len(part_items),
+        total=len(part_items) if stream is None else samples.samples,
         annotated=run.annotated,
         skipped=skipped,
         failed=fail_log.count,
@@ -276,6 +364,8 @@ def annotate(
         fp32_retries=run.retried,
         failure_reasons=dict(fail_log.reasons),
         index=str(index) if index else None,
+        dataset=dataset_path(target, max_records, index),
+        part=(part, parts),
     )
 
 
@@ -290,19 +380,18 @@ class _Run:
     Images whose maps hold a non-finite value are recomputed with the fp32 ``retry`` step; those
     still non-finite (or with no retry step) are reported through ``fail`` and never written."""
 
-    def __init__(self, step: ChunkedStep, retry: TopKStep | None, sink: RecordSink,
-                 fail: Callable[[int, str, str], None], keys: Sequence[str]) -> None:
-        self.step, self.sink, self.fail, self.keys = step, sink, fail, keys
+    def __init__(self, step: ChunkedStep, retry: TopKStep | None, sink: RecordSink, fail: FailFn) -> None:
+        self.step, self.sink, self.fail = step, sink, fail
         self.retry = None if retry is None else ChunkedStep(retry, step.chunk)
-        self.pending: tuple[list[int], torch.Tensor, StepOut, torch.cuda.Event | None] | None = None
+        self.pending: tuple[list[str], list[str], torch.Tensor, StepOut, torch.cuda.Event | None] | None = None
         self.annotated = 0
         self.retried = 0
 
-    def add(self, positions: list[int], x: torch.Tensor) -> None:
-        """Queue a batch (item positions, ``(n, 3, H, W)`` frames) and finish the one before it."""
+    def add(self, keys: list[str], paths: list[str], x: torch.Tensor) -> None:
+        """Queue a batch (keys, their source paths, ``(n, 3, H, W)`` frames) and finish the one before it."""
         host, event = to_host(self.step(x))
         self.flush()
-        self.pending = positions, x, host, event
+        self.pending = keys, paths, x, host, event
         if event is None:  # on the host already: nothing to overlap with
             self.flush()
 
@@ -310,7 +399,7 @@ class _Run:
         """Check the pending batch and hand it to the writer."""
         if self.pending is None:
             return
-        positions, x, (vals, idx, lse, finite), event = self.pending
+        keys, paths, x, (vals, idx, lse, finite), event = self.pending
         self.pending = None
         if event is not None:
             event.synchronize()
@@ -324,14 +413,30 @@ class _Run:
                     lse[bad] = r_lse.cpu()
                 bad = [row for row, ok in zip(bad, r_finite.tolist(), strict=True) if not ok]
             for row in bad:
-                self.fail(positions[row], "non-finite", "the teacher's logits hold NaN or infinity (also in fp32)")
+                self.fail(keys[row], paths[row], "non-finite", "the teacher's logits hold NaN or infinity (even fp32)")
             if bad:
-                keep = sorted(set(range(len(positions))) - set(bad))
-                positions = [positions[row] for row in keep]
+                keep = sorted(set(range(len(keys))) - set(bad))
+                keys = [keys[row] for row in keep]
                 vals, idx, lse = vals[keep], idx[keep], None if lse is None else lse[keep]
-        if positions:
-            self.sink.put(([self.keys[p] for p in positions], (vals, idx, lse)))
-            self.annotated += len(positions)
+        if keys:
+            self.sink.put((keys, (vals, idx, lse)))
+            self.annotated += len(keys)
+
+
+def _finished_files(finished: Path) -> FinishedOutput:
+    """The files, size and record count of the finished dataset at ``finished``."""
+    with open_maps(finished) as maps:
+        records = len(maps)
+    files = sorted(str(p) for p in (finished.glob("*.rlm") if finished.is_dir() else [finished]))
+    return FinishedOutput(files, sum(os.path.getsize(p) for p in files), records)
+
+
+def _combine(stream: StreamSource | None, out: str | os.PathLike[str], parts: int, max_records: int | None,
+             failures: str | os.PathLike[str] | None) -> Any:
+    """The index over all parts once they are finished (stream sources: duplicate keys settled first)."""
+    if stream is None:
+        return write_combined_index(out, parts, max_records)
+    return combine_parts(out, parts, max_records, failures)
 
 
 def _default_workers(is_cuda: bool) -> int:

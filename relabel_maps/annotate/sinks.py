@@ -12,6 +12,7 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TextIO
 
 from ..errors import WriterError
 from ..writer import Writer
@@ -73,16 +74,22 @@ class RecordSink(threading.Thread):
 
 
 class FailureLog:
-    """JSON-lines failure report, one object per skipped image, flushed line by line."""
+    """JSON-lines failure report, one object per skipped image, flushed line by line.
+
+    A run rewrites the report (the images an earlier run gave up on are tried again) and creates it
+    with its first failure only: a clean run leaves no report."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.f = open(path, "w", encoding="utf-8")
+        path.unlink(missing_ok=True)
+        self.f: TextIO | None = None
         self.count = 0
         self.reasons: dict[str, int] = {}
 
     def add(self, key: str, path: str, reason: str, detail: str) -> None:
+        if self.f is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.f = open(self.path, "w", encoding="utf-8")
         self.f.write(json.dumps({"key": key, "path": path, "reason": reason, "detail": detail},
                                 ensure_ascii=False) + "\n")
         self.f.flush()
@@ -90,7 +97,8 @@ class FailureLog:
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
     def close(self) -> None:
-        self.f.close()
+        if self.f is not None:
+            self.f.close()
 
 
 def failed_keys(path: Path) -> set[str]:

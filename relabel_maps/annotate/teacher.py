@@ -14,8 +14,8 @@ from typing import Any
 
 import timm
 import torch
-from timm.data import ImageNetInfo
 
+from ..classmap import IMAGENET_1K, class_names_for
 from ..errors import InvalidArgumentError
 from ..frame import normalize_crop_mode
 from .head import dense_head
@@ -23,12 +23,14 @@ from .presets import PACKAGED, PRESETS, TeacherPreset, resolve_preset
 from .weights import (
     TeacherWeightsError,
     check_hub_weights,
+    checkpoint_class_names,
     checkpoint_id,
     checkpoint_num_classes,
     load_checkpoint_state,
     load_state_strict,
     missing_weights_message,
     packaged_state,
+    read_class_names,
 )
 
 __all__ = ["Teacher", "load_teacher"]
@@ -133,6 +135,7 @@ def load_teacher(
     seed: int = 0,
     model_kwargs: Mapping[str, Any] | None = None,
     resize: str | None = None,
+    class_names: Sequence[str] | str | os.PathLike[str] | None = None,
 ) -> Teacher:
     """Build a :class:`Teacher` from a preset name (``PRESETS``) or any timm model name.
 
@@ -140,6 +143,11 @@ def load_teacher(
     with ``weights_only=True``; lukemelas EfficientNet names are converted), the preset's packaged
     weights, timm pretrained weights (HF cache or Hub) when ``pretrained``, else a random init
     seeded with ``seed`` (for tests and throughput runs).
+
+    The classifier's size is read from a ``checkpoint``'s weights unless ``num_classes`` is given.
+    ``class_names`` (a list, or a file: a JSON list or one name per line) default to the
+    ``label_names`` of a timm ``config.json`` next to the checkpoint, else ImageNet-1k's names for a
+    1000-class classifier with ImageNet weights; they are stored with the maps.
 
     ``crop_mode`` (``"squash"`` or ``"center"``, see :mod:`relabel_maps.frame`) and ``crop_pct``
     default to the preset's (``"squash"``, 1.0). ``resize`` is the former name of ``crop_mode``.
@@ -166,12 +174,16 @@ def load_teacher(
 
     state: dict[str, Any] | None = None
     use_hub = False
+    if isinstance(class_names, (str, os.PathLike)):
+        class_names = read_class_names(class_names)
     if checkpoint is not None:
         state = load_checkpoint_state(checkpoint)
         weights_id = checkpoint_id(checkpoint)
         source = f"checkpoint {checkpoint}"
         if num_classes is None:
             num_classes = checkpoint_num_classes(state, getattr(cfg, "classifier", None) if cfg else None)
+        if class_names is None:
+            class_names = checkpoint_class_names(checkpoint)
     elif preset is not None and preset.packaged:
         state, weights_id = packaged_state(PACKAGED[preset.packaged])
         source = weights_id
@@ -198,7 +210,12 @@ def load_teacher(
     model.eval().to(device)
 
     n_classes = int(model.num_classes)
-    class_set = "imagenet-1k" if n_classes == 1000 and (state is not None or use_hub) else None
+    imagenet = class_names_for(IMAGENET_1K, n_classes)
+    if class_names is not None and len(class_names) != n_classes:
+        raise InvalidArgumentError(f"{len(class_names)} class names for a classifier of {n_classes} classes")
+    label_names = list(class_names) if class_names is not None else None
+    trained = state is not None or use_hub
+    class_set = IMAGENET_1K if trained and imagenet is not None and label_names in (None, imagenet) else None
     if mean is None:
         mean = preset.mean if preset and preset.mean else (cfg.mean if cfg else _IMAGENET_MEAN)
     if std is None:
@@ -213,7 +230,7 @@ def load_teacher(
         mean=_triple(mean),
         std=_triple(std),
         num_classes=n_classes,
-        class_names=_imagenet_names() if class_set == "imagenet-1k" else None,
+        class_names=label_names if label_names is not None else (imagenet if class_set else None),
         class_set=class_set,
         interpolation="bicubic",
         preset=preset.name if preset else None,
@@ -245,12 +262,3 @@ def _create(arch: str, input_size: tuple[int, int], kwargs: dict[str, Any], pret
         if "img_size" not in str(exc):
             raise
     return timm.create_model(arch, pretrained=pretrained, **kwargs)
-
-
-def _imagenet_names() -> list[str] | None:
-    """The 1000 ImageNet class descriptions timm ships (``None`` if it cannot provide them)."""
-    try:
-        info = ImageNetInfo()
-        return [info.index_to_description(i) for i in range(1000)]
-    except Exception:  # noqa: BLE001 - names are optional metadata
-        return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import os
 import socket
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ from .presets import PackagedWeights
 __all__ = [
     "TeacherWeightsError",
     "check_hub_weights",
+    "checkpoint_class_names",
     "checkpoint_id",
     "checkpoint_num_classes",
     "hub_cached",
@@ -36,6 +38,7 @@ __all__ = [
     "lukemelas_to_timm",
     "missing_weights_message",
     "packaged_state",
+    "read_class_names",
 ]
 
 _HUB_WEIGHT_FILES = ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin")
@@ -92,6 +95,43 @@ def checkpoint_num_classes(state: Mapping[str, Any], classifier: str | None) -> 
         if w is not None and getattr(w, "ndim", 0) >= 2:
             return int(w.shape[0])
     return None
+
+
+def checkpoint_class_names(path: str | os.PathLike[str]) -> list[str] | None:
+    """The class names of a timm checkpoint: ``label_names`` in the ``config.json`` next to it (as
+    timm's ``push_to_hf_hub`` writes it, at the top level or under ``pretrained_cfg``), else ``None``."""
+    config = Path(path).with_name("config.json")
+    if not config.is_file():
+        return None
+    try:
+        cfg = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TeacherWeightsError(f"cannot read {config}: {_first_line(exc)}") from None
+    for where in (cfg, cfg.get("pretrained_cfg") if isinstance(cfg, dict) else None):
+        names = where.get("label_names") if isinstance(where, dict) else None
+        if names is not None:
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise TeacherWeightsError(f"{config}: label_names must be a list of strings")
+            return list(names)
+    return None
+
+
+def read_class_names(path: str | os.PathLike[str]) -> list[str]:
+    """Class names from a file: a JSON list, or plain text with one name per line (blank lines skipped)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TeacherWeightsError(f"cannot read class names from {p}: {_first_line(exc)}") from None
+    if text.lstrip().startswith(("[", "{")):
+        try:
+            names = json.loads(text)
+        except ValueError as exc:
+            raise TeacherWeightsError(f"{p}: not valid JSON ({_first_line(exc)})") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise TeacherWeightsError(f"{p}: a JSON class-name file holds a list of strings")
+        return names
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def load_state_strict(model: torch.nn.Module, state: Mapping[str, Any], source: str) -> None:

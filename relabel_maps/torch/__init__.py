@@ -21,6 +21,8 @@ One module per job:
   :func:`stack_label_maps`).
 * :mod:`.data`: :class:`LabelMapDataset` and :func:`collate_label_maps`.
 * :mod:`.mix`: CutMix / Mixup with label-map targets. :mod:`.loss`: soft-target cross-entropy.
+* :mod:`.wds`: the same labels from tar shards and Hugging Face datasets: a WebDataset pipeline
+  stage (:class:`LabelMapStage`), ``wids`` and ``datasets.Dataset`` views for :class:`LabelMapDataset`.
 
 :class:`~relabel_maps.frame.TeacherFrame` turns a box into the normalised frame the annotating teacher
 saw (read from the file's ``teacher.crop_mode`` / ``teacher.crop_pct`` / ``teacher.input_size``).
@@ -46,6 +48,7 @@ from .data import LabelMapDataset, SparseLabel, collate_label_maps, image_folder
 from .loss import SoftTargetCrossEntropy, soft_target_cross_entropy
 from .mix import LabelMapMixup, cut_boxes, mix_soft_targets
 from .pool import LabelMapBatch, pool_batch, stack_label_maps
+from .wds import HFImages, LabelMapStage, ShardImages, dataset_key, folder_key_without_extension, parquet_keys
 
 __all__ = [
     "TeacherFrame",
@@ -66,4 +69,10 @@ __all__ = [
     "LabelMapMixup",
     "soft_target_cross_entropy",
     "SoftTargetCrossEntropy",
+    "LabelMapStage",
+    "ShardImages",
+    "HFImages",
+    "dataset_key",
+    "folder_key_without_extension",
+    "parquet_keys",
 ]

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from .. import open as open_maps
+from ..classmap import ClassMap, load_class_map
 from ..errors import InvalidArgumentError
 from ..frame import TeacherFrame
 from ..labelmap import LabelMap
@@ -56,6 +57,7 @@ class SparseLabel:
     lse: np.ndarray | None
     counts: np.ndarray | None
     key: str
+    class_map: ClassMap | None = None
 
 
 class LabelMapDataset(Dataset):
@@ -77,6 +79,12 @@ class LabelMapDataset(Dataset):
         size, fill, temperature: pooling options of ``mode="pool"``.
         frame: the teacher frame; default read from the maps' metadata.
         return_target: also yield the dataset's own target last.
+        class_map: labels over the dataset's own classes instead of the teacher's: a
+            :class:`~relabel_maps.classmap.ClassMap`, or its CSV/JSON file (read against the maps'
+            metadata). Applied in every mode (``"map"``/``"box"``: by the batch's :meth:`pool`).
+
+    ``num_classes`` and ``classes`` tell the size and names of the labels it yields (a student's
+    output size).
     """
 
     def __init__(
@@ -92,6 +100,7 @@ class LabelMapDataset(Dataset):
         temperature: float = 1.0,
         frame: TeacherFrame | None = None,
         return_target: bool = False,
+        class_map: ClassMap | str | os.PathLike[str] | None = None,
     ) -> None:
         if mode not in ("pool", "box", "map"):
             raise InvalidArgumentError(f"mode must be 'pool', 'box' or 'map', got {mode!r}")
@@ -109,6 +118,7 @@ class LabelMapDataset(Dataset):
         self._path = None if isinstance(maps, Mapping) else maps
         self._maps = maps if isinstance(maps, Mapping) else None
         self._frame = frame
+        self._class_map = class_map
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -122,6 +132,32 @@ class LabelMapDataset(Dataset):
             assert self._path is not None  # set whenever the maps were given as a path
             self._maps = open_maps(self._path)
         return self._maps
+
+    @property
+    def class_map(self) -> ClassMap | None:
+        """The class map in use (a file given as a path is read on first use)."""
+        if self._class_map is not None and not isinstance(self._class_map, ClassMap):
+            self._class_map = load_class_map(self._class_map, metadata=self._metadata())
+        return self._class_map
+
+    def _metadata(self) -> dict[str, Any]:
+        """The maps' metadata (an opened mapping without any: the class count of its first map)."""
+        meta = getattr(self.maps, "metadata", None)
+        if meta is not None:
+            return dict(meta)
+        return {"num_classes": next(iter(self.maps.values())).num_classes}
+
+    @property
+    def num_classes(self) -> int:
+        """The classes of the labels this dataset yields: the class map's, else the teacher's."""
+        cm = self.class_map
+        return int(self._metadata()["num_classes"]) if cm is None else cm.num_classes
+
+    @property
+    def classes(self) -> list[str] | None:
+        """The names of those classes (``None`` when the maps store no class names)."""
+        cm = self.class_map
+        return cm.names if cm is not None else self._metadata().get("class_names")
 
     @property
     def frame(self) -> TeacherFrame:
@@ -163,16 +199,18 @@ class LabelMapDataset(Dataset):
             return (image, torch.tensor(box, dtype=torch.float64), torch.tensor(flip), index, *tail)
         key = self.key_fn(self.dataset, index)
         lm = (self._maps if self._maps is not None else self.maps)[key]
+        cm = self.class_map
         if self.mode == "pool":
-            soft = lm.pool(box, flip=flip, size=self.size, fill=self.fill, temperature=self.temperature)
+            soft = lm.pool(box, flip=flip, size=self.size, fill=self.fill, temperature=self.temperature, class_map=cm)
             return (image, torch.from_numpy(np.ascontiguousarray(soft, dtype=np.float32)), *tail)
-        label = SparseLabel(lm.indices, lm.scores, box, flip, lm.num_classes, lm.score_kind, lm.lse, lm.counts, key)
+        label = SparseLabel(lm.indices, lm.scores, box, flip, lm.num_classes, lm.score_kind, lm.lse, lm.counts, key,
+                            cm)
         return (image, label, *tail)
 
     def gather(self, indices: Iterable[int], boxes: Any = None, flips: Any = None, device: Any = None) -> LabelMapBatch:
         """The label maps of dataset ``indices`` as a :class:`~relabel_maps.torch.LabelMapBatch` (``mode="box"``)."""
         idx = [int(i) for i in indices]
-        return stack_label_maps([self.maps[self.key(i)] for i in idx], boxes, flips, device)
+        return stack_label_maps([self.maps[self.key(i)] for i in idx], boxes, flips, device, self.class_map)
 
 
 def collate_label_maps(samples: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
@@ -183,7 +221,8 @@ def collate_label_maps(samples: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
                  lse=label.lse, counts=label.counts, key=label.key, validate=False)
         for label in labels
     ]
-    batch = stack_label_maps(maps, [label.box for label in labels], [label.flip for label in labels])
+    batch = stack_label_maps(maps, [label.box for label in labels], [label.flip for label in labels],
+                             class_map=labels[0].class_map)
     images = default_collate([s[0] for s in samples])
     rest = tuple(default_collate([s[i] for s in samples]) for i in range(2, len(samples[0])))
     return (images, batch, *rest)

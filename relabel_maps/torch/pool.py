@@ -23,11 +23,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..classmap import ClassMap
 from ..errors import InvalidArgumentError, InvalidBoxError, InvalidLabelMapError
 from ..labelmap import LabelMap
 from ..pooling import check_boxes, check_pool_options
 
-__all__ = ["pool_batch", "finish_pooled", "LabelMapBatch", "stack_label_maps"]
+__all__ = ["pool_batch", "finish_pooled", "apply_class_map", "LabelMapBatch", "stack_label_maps"]
 
 
 def _samples_per_bin(lo: np.ndarray, hi: np.ndarray, n: int, size: int, sampling_ratio: int) -> int:
@@ -126,6 +127,26 @@ def finish_pooled(pooled: Tensor, fill: str, dim: int = 1) -> Tensor:
     return torch.where(tot > 0, pooled / tot.clamp(min=1e-30), torch.full_like(pooled, 1.0 / pooled.shape[dim]))
 
 
+def apply_class_map(probs: Tensor, class_map: ClassMap, dim: int = 1) -> Tensor:
+    """Teacher-class probabilities (``C`` along ``dim``) → the dataset's classes of ``class_map``
+    (:meth:`relabel_maps.classmap.ClassMap.apply` on the tensor's device, leftover handled alike)."""
+    class_map.check(probs.shape[dim])
+    p = probs.movedim(dim, -1)
+    target = _to_device(torch.tensor(class_map.target), p.device)
+    mapped = torch.zeros((*p.shape[:-1], len(class_map.classes)), dtype=p.dtype, device=p.device)
+    keep = target >= 0
+    mapped.index_add_(-1, target[keep], p[..., keep])
+    rest = p[..., ~keep].sum(-1, keepdim=True)
+    if class_map.leftover == "other":
+        out = torch.cat([mapped, rest], -1)
+    elif class_map.leftover == "uniform":
+        out = mapped + rest / mapped.shape[-1]
+    else:
+        tot = mapped.sum(-1, keepdim=True)
+        out = torch.where(tot > 0, mapped / tot.clamp(min=1e-30), torch.full_like(mapped, 1.0 / mapped.shape[-1]))
+    return out.movedim(-1, dim)
+
+
 def _to_device(t: Tensor, device: torch.device) -> Tensor:
     """``t`` on ``device`` without a host synchronisation (through pinned memory for CUDA)."""
     if t.device == device:
@@ -165,6 +186,7 @@ def pool_batch(
     sampling_ratio: int = -1,
     activate: bool = True,
     dtype: torch.dtype | None = None,
+    class_map: ClassMap | None = None,
 ) -> Tensor:
     """Soft labels of a batch of crops, pooled from sparse top-k maps on any device.
 
@@ -185,14 +207,20 @@ def pool_batch(
             ~2e-7; ``"zero"`` on logits: pooled logits of ~35 are off by a few ulps, which the softmax
             passes on as probability errors of a few 1e-6), ~1.5x faster than float64 on a CPU and
             far faster on GPUs with slow float64. ``torch.float64`` for the reference's own rounding.
+        class_map: labels over the dataset's own classes (:mod:`relabel_maps.classmap`; needs ``activate``).
 
-    Returns float32 ``(B, C)`` for ``size == 1`` else ``(B, C, S, S)``.
+    Returns float32 ``(B, C)`` for ``size == 1`` else ``(B, C, S, S)``; with a ``class_map``, ``C`` is
+    its ``num_classes``.
     """
     if indices.ndim != 4 or scores.shape != indices.shape:
         raise InvalidLabelMapError(
             f"indices and scores must be (B, k, H, W), got {tuple(indices.shape)} and {tuple(scores.shape)}"
         )
     fill, temperature = check_pool_options(fill, temperature, score_kind=score_kind, has_lse=lse is not None)
+    if class_map is not None:
+        class_map.check(num_classes)
+        if not activate:
+            raise InvalidArgumentError("a class map applies to probabilities: pool with activate=True")
     if isinstance(size, bool) or int(size) != size or size < 1:
         raise InvalidArgumentError(f"size must be a positive int, got {size!r}")
     dtype = torch.float32 if dtype is None else dtype
@@ -230,7 +258,11 @@ def pool_batch(
         out = out + (weight.reshape(b, -1, h * w) @ base.reshape(b, h * w, 1))
     if activate:
         out = finish_pooled(out, fill, dim=2)
-    out = out.float().transpose(1, 2)  # (B, C, S*S)
+    out = out.float()
+    if class_map is not None:
+        out = apply_class_map(out, class_map, dim=2)
+        c = class_map.num_classes
+    out = out.transpose(1, 2)  # (B, C, S*S)
     return out[:, :, 0] if s == 1 else out.reshape(b, c, s, s)
 
 
@@ -240,7 +272,8 @@ class LabelMapBatch:
 
     Works as a DataLoader batch (``pin_memory`` and ``to`` are supported). Moved to a device, it
     keeps a host copy of its boxes, so :meth:`pool` checks them without a device synchronisation
-    (the copy is dropped when ``boxes`` is replaced or changed in place)."""
+    (the copy is dropped when ``boxes`` is replaced or changed in place). With a ``class_map``
+    (:mod:`relabel_maps.classmap`) :meth:`pool` gives labels over the dataset's own classes."""
 
     indices: Tensor  # (B, k, H, W) int32 / int64
     scores: Tensor  # (B, k, H, W) float32
@@ -251,6 +284,7 @@ class LabelMapBatch:
     lse: Tensor | None = None  # (B, H, W)
     counts: Tensor | None = None  # (B, H, W) uint8
     keys: list[str] = field(default_factory=list)
+    class_map: ClassMap | None = None
     #: (device boxes, their version counter, the same boxes on the host) once moved to a device
     _host_boxes: tuple[Tensor, int, Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -262,7 +296,7 @@ class LabelMapBatch:
             return None if t is None else fn(t)
 
         out = LabelMapBatch(fn(self.indices), fn(self.scores), fn(self.boxes), fn(self.flips), self.num_classes,
-                            self.score_kind, opt(self.lse), opt(self.counts), list(self.keys))
+                            self.score_kind, opt(self.lse), opt(self.counts), list(self.keys), self.class_map)
         host = self._host_copy()
         if host is not None:
             out._host_boxes = (out.boxes, out.boxes._version, host)
@@ -277,6 +311,15 @@ class LabelMapBatch:
             if boxes is self.boxes and version == self.boxes._version:
                 return host
         return None
+
+    @property
+    def num_outputs(self) -> int:
+        """The classes of a pooled label: the class map's, else the teacher's ``num_classes``."""
+        return self.num_classes if self.class_map is None else self.class_map.num_classes
+
+    def map_classes(self, probs: Tensor, dim: int = 1) -> Tensor:
+        """Teacher-class probabilities → the batch's output classes (unchanged without a class map)."""
+        return probs if self.class_map is None else apply_class_map(probs, self.class_map, dim)
 
     def to(self, device: Any, non_blocking: bool = False) -> LabelMapBatch:
         return self._map(lambda t: t.to(device, non_blocking=non_blocking))
@@ -295,7 +338,7 @@ class LabelMapBatch:
         dtype: torch.dtype | None = None,
     ) -> Tensor:
         """Soft labels ``(B, C)`` (or ``(B, C, S, S)``) over the batch's boxes (or ``boxes``); see
-        :func:`pool_batch`."""
+        :func:`pool_batch`. The batch's ``class_map`` applies to activated labels."""
         if boxes is None:
             host = self._host_copy()
             boxes = self.boxes if host is None else host
@@ -303,6 +346,7 @@ class LabelMapBatch:
             self.indices, self.scores, boxes, self.flips, self.num_classes,
             size=size, fill=fill, temperature=temperature, lse=self.lse, counts=self.counts,
             score_kind=self.score_kind, sampling_ratio=sampling_ratio, activate=activate, dtype=dtype,
+            class_map=self.class_map if activate else None,
         )
 
 
@@ -311,11 +355,12 @@ def stack_label_maps(
     boxes: Any = None,
     flips: Any = None,
     device: Any = None,
+    class_map: ClassMap | None = None,
 ) -> LabelMapBatch:
     """Gather :class:`~relabel_maps.LabelMap` objects into a padded :class:`LabelMapBatch`.
 
     Maps must share the grid and class set; a smaller ``k`` is padded (recorded in ``counts``).
-    ``boxes`` default to the whole frame, ``flips`` to False."""
+    ``boxes`` default to the whole frame, ``flips`` to False; ``class_map`` is the batch's."""
     if not maps:
         raise InvalidArgumentError("stack_label_maps needs at least one map")
     first = maps[0]
@@ -324,6 +369,8 @@ def stack_label_maps(
     for m in maps:
         if (m.height, m.width) != grid or m.num_classes != first.num_classes or m.score_kind != first.score_kind:
             raise InvalidArgumentError("label maps in a batch must share the grid size, class count and score kind")
+    if class_map is not None:
+        class_map.check(first.num_classes)
     n = len(maps)
     idx = np.zeros((n, k, *grid), dtype=np.int32)
     sc = np.zeros((n, k, *grid), dtype=np.float32)
@@ -344,6 +391,6 @@ def stack_label_maps(
     batch = LabelMapBatch(
         torch.from_numpy(idx), torch.from_numpy(sc), box_t, flip_t, first.num_classes, first.score_kind,
         None if lse is None else torch.from_numpy(lse), None if cnt is None else torch.from_numpy(cnt),
-        [str(m.key) for m in maps],
+        [str(m.key) for m in maps], class_map,
     )
     return batch if device is None else batch.to(device)

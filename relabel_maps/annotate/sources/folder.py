@@ -1,4 +1,4 @@
-"""Image sources: a folder tree or a file list, filtered by globs, in a deterministic key order.
+"""Folder sources: a folder tree or a file list, filtered by globs, in a deterministic key order.
 
 A key is the image's path relative to the source root, with ``/`` separators (ImageNet layout:
 ``n01440764/n01440764_10026.JPEG``). Keys are sorted by their UTF-8 bytes so every machine lists
@@ -12,19 +12,23 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
-from ..errors import InvalidArgumentError
+from ...errors import InvalidArgumentError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "SAMPLES",
     "ImageItem",
     "list_images",
+    "matches",
     "parse_shard",
     "resolve_source",
     "sample_images_dir",
     "shard_items",
 ]
+
+T = TypeVar("T")
 
 #: source name of the sample photos shipped with the package (``relabel_maps/data``)
 SAMPLES = "@samples"
@@ -44,7 +48,7 @@ class ImageItem:
 
 def sample_images_dir() -> Path:
     """Folder of the CC0 sample photos shipped with the package (a cat and a cup of coffee)."""
-    return Path(__file__).resolve().parents[1] / "data"
+    return Path(__file__).resolve().parents[2] / "data"
 
 
 def resolve_source(source: str | os.PathLike[str]) -> Path:
@@ -56,7 +60,9 @@ def _sort_key(item: ImageItem) -> bytes:
     return item.key.encode("utf-8", "surrogateescape")
 
 
-def _matches(key: str, globs: Sequence[str]) -> bool:
+def matches(key: str, globs: Sequence[str]) -> bool:
+    """Whether ``key`` matches one of ``globs`` (``fnmatch``; a pattern without ``/`` also matches the
+    file name alone)."""
     name = key.rsplit("/", 1)[-1]
     return any(fnmatch.fnmatchcase(key, g) or ("/" not in g and fnmatch.fnmatchcase(name, g)) for g in globs)
 
@@ -108,7 +114,7 @@ def list_images(
                     continue
                 key = (rel_dir / fn).as_posix() if str(rel_dir) != "." else fn
                 items[key] = ImageItem(key, os.path.join(dirpath, fn))
-    out = [it for it in items.values() if not globs or _matches(it.key, globs)]
+    out = [it for it in items.values() if not globs or matches(it.key, globs)]
     out.sort(key=_sort_key)
     return out
 
@@ -148,7 +154,7 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     return i, n
 
 
-def shard_items(items: Sequence[ImageItem], index: int, count: int) -> list[ImageItem]:
+def shard_items(items: Sequence[T], index: int, count: int) -> list[T]:
     """The ``index``-th of ``count`` contiguous, near-equal parts of ``items``."""
     if count < 1 or not 0 <= index < count:
         raise InvalidArgumentError(f"bad shard {index}/{count}")
