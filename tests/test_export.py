@@ -55,7 +55,9 @@ def test_parquet_equals_library(tmp_path, fill):
     with relabel_maps.open(path) as maps:
         assert export_parquet(maps, out, fill=fill) == 6
     table = pq.read_table(out)
-    assert table.column_names == ["key", "grid_height", "grid_width", "top_classes", "top_scores", "top_names", "top1_share"]
+    assert table.column_names == [
+        "key", "grid_height", "grid_width", "top_classes", "top_scores", "top_names", "top1_share"
+    ]
     assert table.schema.field("top_scores").type == pa.list_(pa.float32())
     got = table.to_pylist()
     for row, (key, h, w, classes, scores, share) in zip(got, expected_rows(path, fill=fill), strict=True):
