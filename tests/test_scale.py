@@ -43,7 +43,7 @@ def test_bench_scale_small(tmp_path, capsys):
     assert ("compact", 3, "add_many") in hows and ("f16", 3, "add_many") in hows
     assert all(w["records_per_s"] > 0 and w["bytes_per_record"] > 100 for w in result["writes"])
     assert result["dataset"]["records"] == 1500 and result["dataset"]["shards"] == 4
-    assert [r["variant"] for r in result["reads"]] == ["new", "new-pread", "old"]
+    assert [r["variant"] for r in result["reads"]] == ["new", "new-fileobj", "old"]
     for r in result["reads"]:
         assert r["shards"] == 4
         assert len(r["workers_kb"]) == 2 and all(w["USS"] > 0 and w["Pss"] > 0 for w in r["workers_kb"])
