@@ -37,6 +37,7 @@ import hashlib
 import json
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -215,6 +216,11 @@ class HubServer:
         monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
         monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        # `datasets` copies the offline flag when it is imported: an import during an offline test sticks
+        datasets_config = sys.modules.get("datasets.config")
+        if datasets_config is not None:
+            monkeypatch.setattr(datasets_config, "HF_HUB_OFFLINE", False)
+            monkeypatch.setattr(datasets_config, "HF_DATASETS_OFFLINE", False)
 
     # ------------------------------------------------------------------------------- state
     def _new_commit(self, repo: Repo, parent: Commit | None, message: str, files: dict[str, Blob]) -> Commit:
