@@ -216,11 +216,14 @@ class HubServer:
         monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
         monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        # `datasets` copies the offline flag when it is imported: an import during an offline test sticks
+        # `datasets` copies the offline flag when it is imported: an import during an offline test sticks,
         datasets_config = sys.modules.get("datasets.config")
-        if datasets_config is not None:
+        if datasets_config is not None:  # ... and so does its endpoint
             monkeypatch.setattr(datasets_config, "HF_HUB_OFFLINE", False)
             monkeypatch.setattr(datasets_config, "HF_DATASETS_OFFLINE", False)
+            monkeypatch.setattr(datasets_config, "HF_ENDPOINT", self.endpoint)
+            monkeypatch.setattr(datasets_config, "HUB_DATASETS_URL",
+                                self.endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}")
 
     # ------------------------------------------------------------------------------- state
     def _new_commit(self, repo: Repo, parent: Commit | None, message: str, files: dict[str, Blob]) -> Commit:
