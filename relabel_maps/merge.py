@@ -46,7 +46,7 @@ from .publish import publish_shards
 from .reader import Reader
 from .writer import Writer
 
-__all__ = ["merge", "MergeResult", "ON_DUPLICATE", "COMPATIBLE_KEYS"]
+__all__ = ["merge", "MergeResult", "ON_DUPLICATE", "COMPATIBLE_KEYS", "writer_settings"]
 
 ON_DUPLICATE = ("error", "first", "last")
 #: metadata that must agree between inputs (``class_names`` too, where both inputs store them)
@@ -99,7 +99,9 @@ def _input_shards(path: str | os.PathLike[str]) -> list[str]:
     return [local for name, local in local_dataset_files(path) if name.endswith(".rlm")]
 
 
-def _writer_settings(meta: dict[str, Any]) -> dict[str, Any]:
+def writer_settings(meta: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`~relabel_maps.Writer` arguments that reproduce a dataset's structure and metadata
+    (so its records can be copied into the new one without re-encoding)."""
     compression = meta.get("compression") or {}
     return {
         "num_classes": int(meta["num_classes"]),
@@ -211,7 +213,7 @@ def _difference(a: Any, b: Any) -> str:
 def _output_settings(metas: list[dict[str, Any]], encoding: dict[str, Any] | None) -> dict[str, Any]:
     """The output's writer settings: the first input's, with the largest ``k``, the given ``encoding``,
     the class names any input stores and the merged ``annotate.part``."""
-    settings = _writer_settings(metas[0])
+    settings = writer_settings(metas[0])
     settings["k"] = max(int(m["k"]) for m in metas)
     if encoding is not None:
         settings["encoding"] = encoding

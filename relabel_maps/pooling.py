@@ -60,6 +60,8 @@ __all__ = [
     "resolve_fill",
     "check_temperature",
     "check_pool_options",
+    "finish_pooled",
+    "location_values",
     "relabel_compat",
     "to_official_coords",
     "from_official_coords",
@@ -150,7 +152,7 @@ def _check_pool_args(
 
 
 # ---------------------------------------------------------------------------------------------- pooling
-def _location_values(labelmap: LabelMap, mode: str, temperature: float) -> tuple[np.ndarray, np.ndarray | None]:
+def location_values(labelmap: LabelMap, mode: str, temperature: float) -> tuple[np.ndarray, np.ndarray | None]:
     """Per-location values of the fill mode (spec/POOLING.md, "Fill modes") in sparse form:
     ``(v, u)`` where every class at location ``l`` has the value ``u[l]`` (0 when ``u`` is None) plus,
     for a stored entry, ``v[r, l]``. ``v`` is (k, H*W), 0 at padding entries; ``u`` is (H*W,)."""
@@ -203,7 +205,7 @@ def _rows(n: int) -> np.ndarray:
     return out
 
 
-def _finish(pooled: np.ndarray, mode: str) -> np.ndarray:
+def finish_pooled(pooled: np.ndarray, mode: str) -> np.ndarray:
     """(C, B) or (C,) pooled values → probabilities over axis 0: softmax for ``"zero"``,
     normalisation otherwise."""
     if mode == "zero":
@@ -275,7 +277,7 @@ def pool(
     wy, wx = grid_weights(b, labelmap.height, labelmap.width, s, sr)
     k, h, w = labelmap.shape
     c = labelmap.num_classes
-    v, u = _location_values(labelmap, mode, t)
+    v, u = location_values(labelmap, mode, t)
     cls = labelmap.indices.reshape(k * h * w)
     # separable: contract x per (class, row) with one bincount, then y with a small matmul
     present = np.flatnonzero(np.bincount(cls, minlength=c))
@@ -304,12 +306,12 @@ def _pool1(labelmap: LabelMap, box: Box, mode: str, temperature: float, sampling
         if temperature != 1.0:  # pooling is linear: divide the weights instead of every score
             loc /= temperature
         return _softmax(np.bincount(idx.reshape(-1), weights=(scores * loc).reshape(-1), minlength=c))
-    v, u = _location_values(labelmap, mode, temperature)
+    v, u = location_values(labelmap, mode, temperature)
     loc = loc.reshape(h * w)
     pooled = np.bincount(idx.reshape(-1), weights=(v * loc).reshape(-1), minlength=c)
     if u is not None:
         pooled += loc @ u
-    return _finish(pooled, mode).astype(np.float32)
+    return finish_pooled(pooled, mode).astype(np.float32)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -340,7 +342,7 @@ def pool_dense(
         return class_map.apply(pool_dense(labelmap, b, flip, s, mode, t, sr))
     k, h, w = labelmap.shape
     c = labelmap.num_classes
-    v, u = _location_values(labelmap, mode, t)
+    v, u = location_values(labelmap, mode, t)
     dense = np.zeros((c, h * w), dtype=np.float64)
     if u is not None:
         dense[:] = u[None, :]
@@ -350,4 +352,4 @@ def pool_dense(
     x0, y0, x1, y1 = b
     weights = box_weights((x0 * w, y0 * h, x1 * w, y1 * h), h, w, s, sampling_ratio=sr, aligned=True)
     pooled = dense @ weights.T
-    return _shape_output(_finish(pooled, mode), s, flip)
+    return _shape_output(finish_pooled(pooled, mode), s, flip)

@@ -27,7 +27,7 @@ from pathlib import Path
 from ..errors import OutputLockedError
 from ..layout import combined_index_path, dataset_location, index_path, lock_path, part_output_path, shard_files
 from ..lock import OutputLock
-from ..merge import _writer_settings as writer_settings
+from ..merge import writer_settings
 from ..publish import write_index
 from ..reader import Reader
 from ..writer import Writer

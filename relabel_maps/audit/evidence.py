@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import InvalidArgumentError
 from ..labelmap import LabelMap
-from ..pooling import _finish, _location_values, check_pool_options
+from ..pooling import check_pool_options, finish_pooled, location_values
 
 __all__ = ["Evidence", "compute_evidence", "local_fill", "presence", "DEFAULT_TOP"]
 
@@ -184,12 +184,12 @@ def _group(ms: Sequence[LabelMap], lab: np.ndarray, fill: str | None, top: int, 
 
     # whole-image pooled labels: the spatial mean of the fill mode's per-location values. ``score``
     # orders the classes of each image as the pooled probabilities do; ``to_prob`` maps it to them.
-    v, u = _location_values(stack, mode, 1.0)
+    v, u = location_values(stack, mode, 1.0)
     rows = np.arange(b, dtype=np.int32)
     bins = (rows[None, :, None] * np.int32(c) + idx).reshape(-1)
     sums = np.bincount(bins, weights=v.reshape(-1), minlength=b * c).reshape(b, c)  # (B, C)
     if mode == "zero":  # a softmax over all C classes
-        score = _finish((sums / n_loc).T, mode).T
+        score = finish_pooled((sums / n_loc).T, mode).T
 
         def to_prob(x: np.ndarray) -> np.ndarray:
             return x
@@ -213,7 +213,7 @@ def _group(ms: Sequence[LabelMap], lab: np.ndarray, fill: str | None, top: int, 
 
     # per-location probabilities of the top classes and the label: every stored entry goes to its
     # class's slot (0..t-1: the top classes; t: the label when it is not one of them; t+1: the rest)
-    lv, lu = (v, u) if local == mode else _location_values(stack, local, 1.0)
+    lv, lu = (v, u) if local == mode else location_values(stack, local, 1.0)
     lu_b = np.zeros((b, n_loc), np.float32) if lu is None else lu.reshape(b, n_loc).astype(np.float32)
     has_label = lab >= 0
     safe = np.where(has_label, lab, 0)
