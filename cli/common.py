@@ -22,6 +22,7 @@ from rich.progress import (
 
 import relabel_maps
 from relabel_maps.errors import InvalidBoxError
+from relabel_maps.layout import is_hub_url
 from relabel_maps.pooling import check_box
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -76,7 +77,7 @@ def echo_json(obj: Any) -> None:
 
 def open_maps(path: str, **kwargs: Any) -> relabel_maps.LabelMaps:
     """``relabel_maps.open(path)`` with a friendly message for a missing local path."""
-    if not path.startswith("hf://") and not os.path.exists(path):
+    if not is_hub_url(path) and not os.path.exists(path):
         raise click.ClickException(f"no such file or folder: {path}")
     return relabel_maps.open(path, **kwargs)
 

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from relabel_maps.errors import RelabelMapsError
-from relabel_maps.layout import local_dataset_files
+from relabel_maps.layout import is_hub_url, local_dataset_files
 from relabel_maps.reader import LabelMaps, open_file
 from relabel_maps.shards import ShardedReader
 from relabel_maps.sharpness import label_sharpness
@@ -24,7 +24,7 @@ __all__ = ["info", "verify", "dataset_stats"]
 
 
 def _local_files(path: str) -> list[tuple[str, str]]:
-    return [] if path.startswith("hf://") else local_dataset_files(path)
+    return [] if is_hub_url(path) else local_dataset_files(path)
 
 
 def dataset_stats(
@@ -232,7 +232,7 @@ def _print_sharpness(rows: list[dict[str, Any]]) -> None:
 def _verify(path: str, advance: Callable[..., None]) -> tuple[int, int, list[dict[str, str]]]:
     """Check a dataset with the library's :meth:`~relabel_maps.reader.LabelMaps.check`; returns
     ``(records, files, problems)``, each problem with the file it concerns."""
-    label = path if path.startswith("hf://") else os.path.basename(os.path.normpath(path))
+    label = path if is_hub_url(path) else os.path.basename(os.path.normpath(path))
     try:
         maps = open_maps(path)
     except (RelabelMapsError, OSError) as exc:  # e.g. an unreadable index: check each file on its own
@@ -262,7 +262,7 @@ def _verify_files(
 ) -> tuple[int, int, list[dict[str, str]]]:
     """When ``path`` does not open as a dataset: its error (unless a file repeats it), then every
     visible ``.rlm`` file of the folder checked as a file of its own."""
-    if path.startswith("hf://") or not (os.path.isdir(path) or path.endswith(".json")):
+    if is_hub_url(path) or not (os.path.isdir(path) or path.endswith(".json")):
         return 0, 1, [_row(label, str(error))]
     folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
     names = sorted(f for f in os.listdir(folder) if f.endswith(".rlm") and not f.startswith("."))
@@ -302,7 +302,7 @@ def verify(path: str, as_json: bool) -> None:
     whole (record counts, shared settings, keys unique across shards).
     Exits with status 1 and lists the bad shards and keys when anything is wrong.
     """
-    if not path.startswith("hf://") and not os.path.exists(path):
+    if not is_hub_url(path) and not os.path.exists(path):
         raise click.ClickException(f"no such file or folder: {path}")
     with progress_bar(None, "verifying shards") as advance:
         records, nfiles, problems = _verify(path, advance)

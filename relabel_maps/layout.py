@@ -22,6 +22,8 @@ from . import format as fmt
 from .errors import FormatError, InvalidArgumentError
 
 __all__ = [
+    "HF_SCHEME",
+    "is_hub_url",
     "is_sharded",
     "INDEX_SUFFIX",
     "MAX_INDEX_JSON_BYTES",
@@ -60,6 +62,15 @@ _PART_RE = re.compile(r"^(?:(?P<name>.+)\.)?part(?P<index>[0-9]{5,})of(?P<total>
 
 
 # ------------------------------------------------------------------------------------ names
+#: the URL scheme of Hugging Face Hub paths (``hf://owner/repo[@rev][/path]``, ``hf://datasets/...``)
+HF_SCHEME = "hf://"
+
+
+def is_hub_url(path: object) -> TypeGuard[str]:
+    """Whether ``path`` names something on the Hugging Face Hub (a ``hf://`` string) rather than a local path."""
+    return isinstance(path, str) and path.startswith(HF_SCHEME)
+
+
 def is_sharded(path: str | os.PathLike[str], *, max_records: int | None = None, max_bytes: int | None = None) -> bool:
     """Whether a writer at ``path`` writes shards + an index: any rollover limit, a path not ending in
     ``.rlm``, or an existing folder; otherwise it writes one ``.rlm`` file."""

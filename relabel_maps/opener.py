@@ -6,13 +6,13 @@ import os
 from typing import Any
 
 from .errors import InvalidArgumentError
+from .layout import is_hub_url
 from .reader import LabelMaps, Reader, Source
 from .shards import open_folder, open_index
 
 __all__ = ["open"]
 
 #: the URL scheme handed to the Hub face (:mod:`relabel_maps.hub`), imported only when such a URL is opened
-HUB_SCHEME = "hf://"
 
 
 def open(source: Source, *, verify: bool = False, **kwargs: Any) -> LabelMaps:  # noqa: A001
@@ -28,7 +28,7 @@ def open(source: Source, *, verify: bool = False, **kwargs: Any) -> LabelMaps:  
     """
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
-        if isinstance(path, str) and path.startswith(HUB_SCHEME):
+        if is_hub_url(path):
             from .hub import open_hub  # a face: imported only for hf:// URLs (needs huggingface_hub)
 
             return open_hub(path, verify=verify, **kwargs)

@@ -7,6 +7,7 @@ import re
 from urllib.parse import unquote
 
 from ..errors import InvalidArgumentError
+from ..layout import HF_SCHEME, is_hub_url
 
 __all__ = [
     "HF_SCHEME",
@@ -21,7 +22,6 @@ __all__ = [
     "join_in_repo",
 ]
 
-HF_SCHEME = "hf://"
 REPO_TYPE = "dataset"
 CARD_NAME = "README.md"
 PREVIEW_NAME = "preview.parquet"
@@ -81,7 +81,7 @@ def parse_hub_url(url: str) -> HubPath:
 
     A revision with a slash (``refs/pr/1``) is written URL-encoded: ``@refs%2Fpr%2F1``.
     """
-    if not isinstance(url, str) or not url.startswith(HF_SCHEME):
+    if not is_hub_url(url):
         raise InvalidArgumentError(f"a Hub path starts with {HF_SCHEME!r}: {url!r}")
     rest = url[len(HF_SCHEME) :].strip("/")
     if rest.startswith("datasets/"):
@@ -106,7 +106,7 @@ def as_hub_path(repo: str | HubPath, revision: str | None = None) -> HubPath:
     """``repo`` (``owner/name``, an ``hf://`` URL or a :class:`HubPath`), with ``revision`` if given."""
     if isinstance(repo, HubPath):
         loc = repo
-    elif isinstance(repo, str) and repo.startswith(HF_SCHEME):
+    elif is_hub_url(repo):
         loc = parse_hub_url(repo)
     else:
         loc = HubPath(validate_repo_id(repo))

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from ..errors import InvalidArgumentError, MissingKeyError, require
 from ..labelmap import LabelMap
+from ..layout import is_hub_url
 from ..samplekeys import parquet_key, strip_extension, tar_key
 from .data import LabelMapDataset, image_folder_key
 
@@ -253,7 +254,7 @@ def parquet_keys(files: Sequence[str | os.PathLike[str]]) -> list[str]:
     keys: list[str] = []
     for f in files:
         name = os.fspath(f)
-        if name.startswith("hf://"):
+        if is_hub_url(name):
             hf = require("huggingface_hub", "sources")
             with hf.HfFileSystem().open(name, "rb") as fh:
                 rows = pq.ParquetFile(fh).metadata.num_rows

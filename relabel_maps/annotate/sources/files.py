@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from ...errors import DependencyError, InvalidArgumentError, require
+from ...layout import HF_SCHEME, is_hub_url
 from .base import FileRef
 from .folder import IMAGE_EXTENSIONS, resolve_source
 
@@ -34,7 +35,6 @@ __all__ = [
     "source_exists",
 ]
 
-HF_PREFIX = "hf://"
 #: file suffixes of stream sources, and the kind each is read as
 STREAM_SUFFIXES = {".tar": "tar", ".tgz": "tar", ".tar.gz": "tar", ".parquet": "parquet"}
 _GLOB_CHARS = frozenset("*?[")
@@ -71,7 +71,7 @@ def is_stream_source(source: str | os.PathLike[str]) -> bool:
     """Whether ``source`` names tar shards or Parquet files (``hf://``, a brace pattern, a glob, such a
     file, or a folder holding them and no images) rather than a folder of images or one image."""
     text = os.fspath(source)
-    if text.startswith(HF_PREFIX):
+    if is_hub_url(text):
         return True
     path = resolve_source(text)
     if path.is_file():
@@ -84,7 +84,7 @@ def is_stream_source(source: str | os.PathLike[str]) -> bool:
 def source_exists(source: str | os.PathLike[str]) -> bool:
     """Whether ``source`` can be opened (``hf://`` URLs are checked when opened)."""
     text = os.fspath(source)
-    if text.startswith(HF_PREFIX) or resolve_source(text).exists():
+    if is_hub_url(text) or resolve_source(text).exists():
         return True
     return bool(_local_expand(text)) if _has_braces(text) or _has_glob(text) else False
 
@@ -182,7 +182,7 @@ def _hub_files(source: str, split: str | None) -> list[FileRef]:
             names, found = [target], {target: int(kind.get("size") or 0)}
         elif split is not None:
             urls = _split_files(loc.repo_id, split, {"revision": info.sha, "data_dir": loc.path or None})
-            names = [u[len(HF_PREFIX):] if u.startswith(HF_PREFIX) else u for u in urls]
+            names = [u[len(HF_SCHEME):] if is_hub_url(u) else u for u in urls]
             found = {}
         else:
             hits = call(loc.path, lambda: fs.find(target, detail=True))
@@ -194,7 +194,7 @@ def _hub_files(source: str, split: str | None) -> list[FileRef]:
         if size is None:
             size = int(call(name, partial(fs.info, name)).get("size") or 0)
         in_repo = name[len(base) + 1:] if name.startswith(base + "/") else name.split("/", 3)[-1]
-        refs.append(FileRef(f"{HF_PREFIX}{base}/{in_repo}", in_repo, size))
+        refs.append(FileRef(f"{HF_SCHEME}{base}/{in_repo}", in_repo, size))
     return refs
 
 
@@ -227,7 +227,7 @@ def resolve_files(source: str | os.PathLike[str], split: str | None = None) -> t
         HubError: the Hub refused or failed (typed, after retries).
     """
     text = os.fspath(source)
-    files = _hub_files(text, split) if text.startswith(HF_PREFIX) else _local_files(text, split)
+    files = _hub_files(text, split) if is_hub_url(text) else _local_files(text, split)
     seen: set[str] = set()
     files = [f for f in files if not (f.url in seen or seen.add(f.url))]  # type: ignore[func-returns-value]
     kinds = {file_kind(f.name) for f in files}
@@ -243,7 +243,7 @@ def resolve_files(source: str | os.PathLike[str], split: str | None = None) -> t
 
 def open_file(url: str) -> IO[bytes]:
     """A binary file object of a local path or an ``hf://`` URL (streamed in large range requests)."""
-    if url.startswith(HF_PREFIX):
+    if is_hub_url(url):
         hf = require("huggingface_hub", "sources")
         f: IO[bytes] = hf.HfFileSystem().open(url, "rb", block_size=_READ_BLOCK)
         return f
@@ -253,7 +253,7 @@ def open_file(url: str) -> IO[bytes]:
 def is_transport_error(exc: BaseException, url: str) -> bool:
     """Whether ``exc``, raised while reading ``url``, is a Hub or network failure (retried by
     :func:`resilient`) rather than a fault of the file's bytes. Local files have no transport."""
-    if not url.startswith(HF_PREFIX) or not isinstance(exc, Exception):
+    if not is_hub_url(url) or not isinstance(exc, Exception):
         return False
     from ...hub.failures import classify
 
@@ -264,7 +264,7 @@ def resilient(url: str, read: Callable[[], Iterator[T]]) -> Iterator[T]:
     """The items ``read()`` yields for the file ``url``; a transient Hub failure in the middle
     re-opens the file (``read()`` again) and skips what was already yielded, with the Hub face's
     bounded backoff. Local files are read once."""
-    if not url.startswith(HF_PREFIX):
+    if not is_hub_url(url):
         yield from read()
         return
     _, _, retry = _hub_modules()
