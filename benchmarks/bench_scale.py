@@ -118,18 +118,22 @@ def write(path: str, maps: dict[str, np.ndarray], n: int, *, batch: bool, **kw: 
 
 
 def writer_table(maps: dict[str, np.ndarray], tmp: str, n: int, n_base: int, encodings: list[str],
-                 levels: list[int]) -> list[dict[str, Any]]:
-    """Writer throughput per encoding and level (add_many), plus the one-by-one baselines."""
+                 levels: list[int], rounds: int = 3) -> list[dict[str, Any]]:
+    """Writer throughput per encoding and level (add_many), plus the one-by-one baselines: ``rounds``
+    rounds in rotated order, each row keeping its fastest round (shared machines drift)."""
     default = rm.Writer.__init__.__kwdefaults__["level"]  # type: ignore[index]
-    rows = []
-    for how, level, count in (("add, one by one (previous default level)", 19, n_base),
-                              ("add, one by one", default, n_base)):
-        r = write(os.path.join(tmp, "base.rlm"), maps, count, batch=False, encoding="compact", level=level)
-        rows.append({"encoding": "compact", "level": level, "how": how, "records": count, **r})
-    for enc in encodings:
-        for level in levels:
-            r = write(os.path.join(tmp, "w.rlm"), maps, n, batch=True, encoding=enc, level=level)
-            rows.append({"encoding": enc, "level": level, "how": "add_many", "records": n, **r})
+    plan = [("compact", 19, "add, one by one (previous default level)", n_base, False),
+            ("compact", default, "add, one by one", n_base, False)]
+    plan += [(enc, level, "add_many", n, True) for enc in encodings for level in levels]
+    best: dict[int, dict[str, float]] = {}
+    for r in range(max(1, rounds)):
+        for i in [*range(r % len(plan), len(plan)), *range(r % len(plan))]:
+            enc, level, _, count, batch = plan[i]
+            got = write(os.path.join(tmp, "w.rlm"), maps, count, batch=batch, encoding=enc, level=level)
+            if i not in best or got["records_per_s"] > best[i]["records_per_s"]:
+                best[i] = got
+    rows = [{"encoding": enc, "level": level, "how": how, "records": count, **best[i]}
+            for i, (enc, level, how, count, _) in enumerate(plan)]
     a, b = os.path.join(tmp, "a.rlm"), os.path.join(tmp, "b.rlm")
     m = min(n_base, 2 * BATCH + 7)
     write(a, maps, m, batch=False, encoding="compact")
@@ -305,7 +309,8 @@ VARIANTS = ("new", "new-fileobj", "old")
 def report(writes: list[dict[str, Any]], dataset: dict[str, Any], reads: list[dict[str, Any]]) -> None:
     if writes:
         base = writes[0]
-        print(f"\nwriting ({base['records']} maps for the one-by-one baselines; add_many in batches of {BATCH})")
+        print(f"\nwriting ({base['records']} maps for the one-by-one baselines; add_many in batches of {BATCH}; "
+              "best of the rotated rounds)")
         print(f"{'encoding':<8} {'level':>5}  {'how':<42} {'records/s':>10} {'CPU us/rec':>10} {'B/record':>9} "
               f"{'vs baseline':>11} {'bytes vs baseline':>17}")
         for r in writes:
@@ -356,6 +361,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--shard-records", type=int, default=40_000, help="records per shard")
     ap.add_argument("--write-sample", type=int, default=20_000, help="maps per writer measurement")
     ap.add_argument("--baseline-sample", type=int, default=2_000, help="maps for the one-by-one baselines")
+    ap.add_argument("--write-rounds", type=int, default=3, help="writer rounds (rotated order, best kept)")
     ap.add_argument("--encodings", default="compact,f16,f32")
     ap.add_argument("--levels", default="1,3,5,6,9")
     ap.add_argument("--lookups", type=int, default=4096, help="random lookups of the parent")
@@ -380,7 +386,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             dataset = {"records": n, "shards": len([f for f in os.listdir(folder) if f.endswith(".rlm")])}
         else:
             writes = writer_table(maps, tmp, min(n, args.write_sample), min(n, args.baseline_sample),
-                                  args.encodings.split(","), [int(v) for v in args.levels.split(",")])
+                                  args.encodings.split(","), [int(v) for v in args.levels.split(",")], args.write_rounds)
             w = write(folder, maps, n, batch=True, max_records=args.shard_records)
             dataset = {"records": n, "shards": -(-n // args.shard_records), **w}
         reads = [run_probe(v, folder, n, args) for v in VARIANTS]

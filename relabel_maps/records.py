@@ -13,7 +13,6 @@ import os
 import struct
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
@@ -29,6 +28,7 @@ from .errors import (
     RelabelMapsError,
     WriterError,
 )
+from .frames import FrameCompressor
 from .labelmap import LabelMap
 
 __all__ = ["EncodedBatch", "RecordDecoder", "RecordEncoder", "check_decoded"]
@@ -230,7 +230,7 @@ class RecordEncoder:
         self.codec, self.k, self.level, self.num_classes = codec, k, level, num_classes
         self._index_dtype = fmt.index_dtype_for(num_classes)
         self._index_itemsize = self._index_dtype.itemsize
-        self._cctx: zstandard.ZstdCompressor | None = None
+        self._frames: FrameCompressor | None = None
         self.threads = max(1, int(threads or min(4, os.cpu_count() or 1)))
 
     def body(self, lm: LabelMap) -> tuple[bytes, bytes]:
@@ -257,19 +257,22 @@ class RecordEncoder:
     @property
     def ready(self) -> bool:
         """Whether the dictionary is settled and records can be compressed."""
-        return self._cctx is not None
+        return self._frames is not None
 
     def use_dictionary(self, dictionary: bytes) -> None:
         """Compress from now on with ``dictionary`` (empty: none)."""
-        params: dict[str, Any] = {"level": self.level, "write_content_size": True, "write_checksum": False}
-        if dictionary:
-            params["dict_data"] = zstandard.ZstdCompressionDict(dictionary)
-        self._cctx = zstandard.ZstdCompressor(**params)
+        self.close()
+        self._frames = FrameCompressor(self.level, dictionary, self.threads)
+
+    def close(self) -> None:
+        """Stop the compression threads (a later batch starts them again)."""
+        if self._frames is not None:
+            self._frames.close()
 
     def compress(self, body: bytes) -> bytes:
         """The zstd frame of ``body``."""
-        assert self._cctx is not None, "use_dictionary() first"
-        return self._cctx.compress(body)
+        assert self._frames is not None, "use_dictionary() first"
+        return self._frames.compress(body)
 
     # ------------------------------------------------------------------------------ batches
     def encode_many(
@@ -287,10 +290,10 @@ class RecordEncoder:
     ) -> list[bytes]:
         """The stored records (record header + zstd frame) of :meth:`encode_many`'s maps: encoded
         :data:`CHUNK` maps at a time while the chunks before are compressed on other threads."""
-        with ThreadPoolExecutor(1) as pool:
-            jobs = [(head, pool.submit(self.compress_many, bodies))
-                    for head, bodies in self._chunks(keys, indices, scores, counts, lse, size=CHUNK)]
-        return [head + frame for head, job in jobs for frame in job.result()]
+        assert self._frames is not None, "use_dictionary() first"
+        jobs = [(head, self._frames.submit(bodies))
+                for head, bodies in self._chunks(keys, indices, scores, counts, lse, size=CHUNK)]
+        return [head + frame for head, frames in jobs for frame in frames()]
 
     def _chunks(
         self, keys: Sequence[str], indices: Any, scores: Any, counts: Any, lse: Any, size: int
@@ -365,16 +368,5 @@ class RecordEncoder:
     def compress_many(self, bodies: Bodies) -> list[bytes]:
         """The zstd frames of ``bodies``, compressed on up to :attr:`threads` threads (the same
         frames as :meth:`compress` of each)."""
-        assert self._cctx is not None, "use_dictionary() first"
-        n, starts = len(bodies), bodies.offsets[:-1]
-        threads = min(self.threads, n // 16)
-        if threads < 2:
-            return [self.compress(body) for body in bodies]
-        segments = np.stack([starts, bodies.offsets[1:] - starts], axis=1).astype(np.uint64)
-        try:
-            frames = self._cctx.multi_compress_to_buffer(
-                zstandard.BufferWithSegments(bodies.data, segments.tobytes()), threads=threads
-            )
-        except (AttributeError, NotImplementedError):  # a zstandard backend without it (cffi)
-            return [self.compress(body) for body in bodies]
-        return [frames[i].tobytes() for i in range(n)]
+        assert self._frames is not None, "use_dictionary() first"
+        return self._frames.compress_many(bodies)

@@ -369,6 +369,7 @@ class Writer:
             self.abort()
             raise
         self._closed = True
+        self._encoder.close()
         self._lock.release()
         return list(self._written)
 
@@ -387,6 +388,7 @@ class Writer:
                 abandon(self._shard, [done for done, _ in self._done], keep=self.resume)
             finally:
                 self._shard = None
+                self._encoder.close()
                 self._lock.release()
 
     def __enter__(self) -> Writer:

@@ -650,6 +650,37 @@ def test_compress_many_gives_the_frames_of_compress():
             ]
 
 
+def test_frame_compressor_threads_change_speed_not_bytes():
+    """Frames of the pooled, per-thread contexts equal one plain zstd context's, for every split of a
+    batch between threads, with and without a dictionary; close() stops the threads and a later
+    batch starts them again."""
+    import threading
+
+    import zstandard
+
+    from relabel_maps.codecs import Bodies
+    from relabel_maps.dictionary import train_dictionary
+    from relabel_maps.frames import FrameCompressor
+
+    rng = np.random.default_rng(11)
+    bodies = [rng.integers(0, 7, size=int(rng.integers(0, 3000)), dtype=np.uint8).tobytes() for _ in range(97)]
+    packed = Bodies(b"".join(bodies), np.cumsum([0] + [len(b) for b in bodies]).astype(np.int64))
+    dictionary = train_dictionary(bodies, level=3, count_size=False)
+    for dict_bytes in (b"", dictionary):
+        zdict = zstandard.ZstdCompressionDict(dict_bytes) if dict_bytes else None
+        plain = zstandard.ZstdCompressor(level=3, dict_data=zdict, write_content_size=True, write_checksum=False)
+        expected = [plain.compress(b) for b in bodies]
+        for threads in (1, 2, 3, 8):
+            before = set(threading.enumerate())
+            frames = FrameCompressor(3, dict_bytes, threads)
+            assert frames.compress_many(packed) == expected
+            assert [frames.compress(b) for b in bodies] == expected
+            frames.close()
+            assert not [t for t in set(threading.enumerate()) - before if t.name.startswith("relabel-maps-zstd")]
+            assert frames.compress_many(packed) == expected  # usable after close()
+            frames.close()
+
+
 def test_batch_palettes_of_many_records_in_one_table():
     """Palette positions counted in int16 across a table of many records (the running count wraps)."""
     codec = get_codec("compact")
