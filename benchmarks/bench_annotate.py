@@ -77,6 +77,7 @@ def make_jpeg_folder(root: Path, n: int, size: tuple[int, int] = (500, 375), uni
         files.append(p)
     for i in range(len(files), n):
         p = root / f"c{i % 10}" / f"img_{i:06d}.jpg"
+        p.parent.mkdir(exist_ok=True)
         os.symlink(files[i % len(files)], p)
 
 
@@ -133,8 +134,30 @@ def forward_only(step, x, iters: int, device) -> float:
     return batch * iters / (time.perf_counter() - t0)
 
 
-def run_config(spec: str, args: argparse.Namespace) -> tuple[str, float, dict[str, float]]:
-    """``(label, forward-only img/s, {source: end-to-end img/s})`` of one config."""
+def decode_rate(folder: Path, teacher, count: int = 256) -> float:
+    """img/s of reading, decoding and resizing the folder's first ``count`` JPEGs as the annotator's
+    worker path does (draft decode on), in this process with its torch threads: what the device
+    loop pays per image when the decode runs on the same cores (``--workers 0``, a CPU-only run)."""
+    items = list_images(folder)[:count]
+
+    def once() -> None:
+        for i, it in enumerate(items):
+            load_item(i, it.key, it.path, size=teacher.input_size, crop_mode=teacher.crop_mode,
+                      crop_pct=teacher.crop_pct, draft=True)
+
+    once()
+    best = min(_seconds(once) for _ in range(3))
+    return len(items) / best
+
+
+def _seconds(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def run_config(spec: str, args: argparse.Namespace) -> tuple[str, float, dict[str, float], float]:
+    """``(label, forward-only img/s, {source: end-to-end img/s}, decode img/s)`` of one config."""
     name, weights, size, batch, images = spec.split(":")
     size_i, batch_i, n = int(size), int(batch), int(images)
     device = torch.device(args.device)
@@ -153,7 +176,7 @@ def run_config(spec: str, args: argparse.Namespace) -> tuple[str, float, dict[st
     options = dict(k=args.k, batch_size=batch_i, compile=args.compile, precision=args.precision,
                    workers=args.workers, device=str(device))
     try:
-        make_jpeg_folder(tmp / "jpegs", n)
+        make_jpeg_folder(tmp / "jpegs", n, size=args.photo_size)
         paths = {"folder": tmp / "jpegs"}
         if "tar" in args.source:
             paths["tar"] = make_tar_shards(tmp / "jpegs", tmp / "shards")
@@ -161,6 +184,7 @@ def run_config(spec: str, args: argparse.Namespace) -> tuple[str, float, dict[st
             paths["parquet"] = make_parquet(tmp / "jpegs", tmp / "parquet")
         x = premade_batch(tmp / "jpegs", teacher, batch_i, device)
         fwd = forward_only(step, x, iters, device)
+        decode = decode_rate(tmp / "jpegs", teacher)
         # one small warm-up run outside the timing: first-use costs (kernel selection for the
         # batch shape and the grid probe, nvJPEG start-up, compilation) are not throughput
         annotate(tmp / "jpegs", tmp / "warm.rlm", teacher, limit=batch_i, **options)
@@ -176,7 +200,7 @@ def run_config(spec: str, args: argparse.Namespace) -> tuple[str, float, dict[st
                  f"{' compiled' if args.compile else ''}: {s.bytes_per_image:.0f} B/image")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return label, fwd, e2e
+    return label, fwd, e2e, decode
 
 
 def real_photos() -> dict[str, tuple[bytes, np.ndarray | None]]:
@@ -310,6 +334,11 @@ def peak_memory(spec: str) -> None:
             print(f"{arch} @ {size} px, batch {batch}, {prec}: peak {peak / 2**30:.1f} GiB (weights included)")
 
 
+def _size(text: str) -> tuple[int, int]:
+    w, _, h = text.lower().partition("x")
+    return int(w), int(h)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -321,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--level", type=int, default=None, help="zstd level of the writer")
     ap.add_argument("--source", default=",".join(SOURCES),
                     help="comma-separated sources, the same JPEGs: folder, tar (4 shards), parquet (64-row groups)")
+    ap.add_argument("--photo-size", type=_size, default=(500, 375), metavar="WxH",
+                    help="size of the benchmark's JPEGs (default 500x375, ImageNet's typical size)")
     ap.add_argument("--repeat", type=int, default=3, help="end-to-end rounds per source (best kept)")
     ap.add_argument("--draft-sizes", default="112,160,224,475", help="teacher input sizes of the draft study")
     ap.add_argument("--draft-margins", default=f"{DRAFT_MARGIN:g},1", help="draft margins of the draft study")
@@ -336,11 +367,20 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--source takes {', '.join(SOURCES)} and includes folder (the baseline), got {args.source}")
     configs = args.config or DEFAULT_CPU
     print(f"{'config':<86} {'source':>8} {'forward img/s':>14} {'end-to-end img/s':>17} {'ratio':>6} {'vs folder':>10}")
+    decodes = []
     for spec in configs:
-        label, fwd, e2e = run_config(spec, args)
+        label, fwd, e2e, decode = run_config(spec, args)
+        decodes.append((label, fwd, decode, e2e["folder"]))
         for source, rate in e2e.items():
             print(f"{label:<86} {source:>8} {fwd:>14.1f} {rate:>17.1f} {rate / fwd:>6.2f} "
                   f"{rate / e2e['folder']:>9.2f}x", flush=True)
+    print(f"\ndecode on the same cores ({args.photo_size[0]}x{args.photo_size[1]} JPEGs; read + decode + resize as "
+          "the workers do, measured in this process): the ratio a run reaches when the decode cannot overlap "
+          "the teacher is forward / (forward + decode) in time per image")
+    print(f"{'config':<86} {'decode img/s':>13} {'decode ms/img':>14} {'ratio ceiling':>14} {'end-to-end / ceiling':>21}")
+    for label, fwd, decode, folder in decodes:
+        ceiling = 1 / (1 + fwd / decode)
+        print(f"{label:<86} {decode:>13.1f} {1e3 / decode:>14.2f} {ceiling:>14.2f} {folder / fwd / ceiling:>21.2f}")
     if not args.no_draft_study:
         draft_study([int(v) for v in args.draft_sizes.split(",")], [float(v) for v in args.draft_margins.split(",")])
     return 0

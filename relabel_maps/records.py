@@ -288,12 +288,20 @@ class RecordEncoder:
     def records_many(
         self, keys: Sequence[str], indices: Any, scores: Any, counts: Any = None, lse: Any = None
     ) -> list[bytes]:
-        """The stored records (record header + zstd frame) of :meth:`encode_many`'s maps: encoded
-        :data:`CHUNK` maps at a time while the chunks before are compressed on other threads."""
+        """The stored records (record header + zstd frame) of :meth:`encode_many`'s maps."""
+        return list(self.stream_records(keys, indices, scores, counts, lse))
+
+    def stream_records(
+        self, keys: Sequence[str], indices: Any, scores: Any, counts: Any = None, lse: Any = None
+    ) -> Iterator[bytes]:
+        """:meth:`records_many` as they are ready: every map is checked and encoded (:data:`CHUNK`
+        at a time, each chunk's compression starting on other threads as the next is encoded)
+        before this returns, so a refused map raises here; the records then come in order while
+        the later chunks are still being compressed."""
         assert self._frames is not None, "use_dictionary() first"
         jobs = [(head, self._frames.submit(bodies))
                 for head, bodies in self._chunks(keys, indices, scores, counts, lse, size=CHUNK)]
-        return [head + frame for head, frames in jobs for frame in frames()]
+        return (head + frame for head, frames in jobs for frame in frames())
 
     def _chunks(
         self, keys: Sequence[str], indices: Any, scores: Any, counts: Any, lse: Any, size: int

@@ -222,7 +222,7 @@ class Writer:
             for key, body in zip(keys, batch.bodies, strict=True):
                 self._store(key, batch.header, body)
             return
-        records = self._encoder.records_many(keys, indices, scores, counts=counts, lse=lse)
+        records = self._encoder.stream_records(keys, indices, scores, counts=counts, lse=lse)  # raises first
         self._keys.update(keys)
         for key, rec in zip(keys, records, strict=True):
             self._write(key, rec)
