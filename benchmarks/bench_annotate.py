@@ -377,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ndecode on the same cores ({args.photo_size[0]}x{args.photo_size[1]} JPEGs; read + decode + resize as "
           "the workers do, measured in this process): the ratio a run reaches when the decode cannot overlap "
           "the teacher is forward / (forward + decode) in time per image")
-    print(f"{'config':<86} {'decode img/s':>13} {'decode ms/img':>14} {'ratio ceiling':>14} {'end-to-end / ceiling':>21}")
+    print(f"{'config':<86} {'decode img/s':>13} {'decode ms/img':>14} {'ratio ceiling':>14} "
+          f"{'end-to-end / ceiling':>21}")
     for label, fwd, decode, folder in decodes:
         ceiling = 1 / (1 + fwd / decode)
         print(f"{label:<86} {decode:>13.1f} {1e3 / decode:>14.2f} {ceiling:>14.2f} {folder / fwd / ceiling:>21.2f}")

@@ -385,8 +385,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.reuse:  # reading only
             dataset = {"records": n, "shards": len([f for f in os.listdir(folder) if f.endswith(".rlm")])}
         else:
+            levels = [int(v) for v in args.levels.split(",")]
             writes = writer_table(maps, tmp, min(n, args.write_sample), min(n, args.baseline_sample),
-                                  args.encodings.split(","), [int(v) for v in args.levels.split(",")], args.write_rounds)
+                                  args.encodings.split(","), levels, args.write_rounds)
             w = write(folder, maps, n, batch=True, max_records=args.shard_records)
             dataset = {"records": n, "shards": -(-n // args.shard_records), **w}
         reads = [run_probe(v, folder, n, args) for v in VARIANTS]

@@ -53,7 +53,7 @@ class FrameCompressor:
         cuts = [n * r // runs for r in range(runs + 1)]
         pool = self._executor()
         jobs: list[Future[list[bytes]]] = [
-            pool.submit(self._compress_run, bodies, lo, hi) for lo, hi in zip(cuts, cuts[1:]) if hi > lo
+            pool.submit(self._compress_run, bodies, lo, hi) for lo, hi in zip(cuts, cuts[1:], strict=False) if hi > lo
         ]
         return lambda: [frame for job in jobs for frame in job.result()]
 
@@ -79,4 +79,4 @@ class FrameCompressor:
         if context is None:  # one context per pool thread, kept: building one costs more than a frame
             context = self._local.context = self._new_context()
         view, cuts = memoryview(bodies.data), bodies.offsets[lo : hi + 1].tolist()
-        return [context.compress(view[a:b]) for a, b in zip(cuts, cuts[1:])]
+        return [context.compress(view[a:b]) for a, b in zip(cuts, cuts[1:], strict=False)]
