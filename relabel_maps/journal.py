@@ -191,6 +191,14 @@ class RunFiles:
         self.folder.mkdir(parents=True, exist_ok=True)
         return OutputLock(lock_path(self.folder, self.name), output)
 
+    def adopt_lock(self, lock: OutputLock) -> OutputLock:
+        """Take over ``lock``, held for this output by an earlier writer (:class:`InvalidArgumentError`
+        when it is another output's, or no longer held)."""
+        own = lock_path(self.folder, self.name)
+        if not isinstance(lock, OutputLock) or not lock.held or Path(lock.path).resolve() != own.resolve():
+            raise InvalidArgumentError(f"lock= takes this output's held lock ({own})")
+        return lock
+
     def begin(self, *, resume: bool, overwrite: bool, metadata: Mapping[str, Any]) -> tuple[set[str], list[str]] | None:
         """Start a run (holding the lock): drop stale journals; with ``resume`` (and not ``overwrite``)
         return :meth:`finished_run` when the output is complete; refuse an existing output unless

@@ -75,6 +75,8 @@ class Writer:
         resume: journal every record and continue an interrupted run with the same arguments.
         overwrite: replace existing outputs (refused otherwise); readers see the old dataset until
             the new one is complete.
+        lock: this output's lock, handed over by an earlier writer of it (``abort(keep_lock=True)``)
+            so that no other writer can take the output in between; the new writer owns it.
 
     Resume: ``flush()`` makes every record added so far durable (fsynced record bytes and journal
     lines); after a crash, ``Writer(same path, same arguments, resume=True)`` recovers every
@@ -105,6 +107,7 @@ class Writer:
         level: int = 3,
         resume: bool = False,
         overwrite: bool = False,
+        lock: OutputLock | None = None,
     ) -> None:
         self._closed = True  # until fully constructed
         self._complete = False
@@ -132,7 +135,8 @@ class Writer:
         self._written: list[str] = []
         self._raw_decoders: dict[bytes, RecordDecoder] = {}  # source dictionary -> decoder (add_raw)
 
-        self._lock: OutputLock = self._files.lock(p)  # OutputLockedError: another writer has this output
+        # OutputLockedError: another writer has this output
+        self._lock: OutputLock = self._files.lock(p) if lock is None else self._files.adopt_lock(lock)
         try:
             finished = self._files.begin(resume=self.resume, overwrite=self.overwrite,
                                          metadata=as_stored(self._config()["metadata"]))
@@ -373,12 +377,16 @@ class Writer:
         self._lock.release()
         return list(self._written)
 
-    def abort(self) -> None:
+    def abort(self, *, keep_lock: bool = False) -> OutputLock | None:
         """Stop without finalizing, also when the disk is full. Without ``resume`` every file the
         writer created is deleted; with it they are flushed (as far as they can be) and kept for a
-        later ``Writer(..., resume=True)``."""
+        later ``Writer(..., resume=True)``.
+
+        ``keep_lock``: return the output's lock, still held, for the next writer of this output
+        (``Writer(..., lock=...)``) instead of releasing it; ``None`` when this writer holds none
+        (already closed, or it adopted a finished output)."""
         if self._closed:
-            return
+            return None
         self._closed = True
         try:
             if self.resume and self._dict is None and self._pending:
@@ -389,7 +397,9 @@ class Writer:
             finally:
                 self._shard = None
                 self._encoder.close()
-                self._lock.release()
+                if not keep_lock:
+                    self._lock.release()
+        return self._lock if keep_lock else None
 
     def __enter__(self) -> Writer:
         return self

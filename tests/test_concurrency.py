@@ -179,6 +179,58 @@ def test_item4_one_writer_per_output_in_one_process_and_the_lock_goes_with_the_w
     assert view(path) == "gen 2"
 
 
+def test_item4_a_lock_handed_to_the_next_writer_is_never_free_in_between(tmp_path):
+    path = tmp_path / "out.rlm"
+    first = rm.Writer(path, **KW)
+    first.add("k00", *record(1, 0))
+    lock = first.abort(keep_lock=True)
+    assert lock is not None and lock.held and first.abort(keep_lock=True) is None  # only once
+    with pytest.raises(OutputLockedError):  # another job, in the gap: still locked
+        rm.Writer(path, **KW)
+    with pytest.raises(InvalidArgumentError, match="held lock"):  # another output's lock is refused
+        rm.Writer(tmp_path / "other.rlm", **KW, lock=lock)
+    with rm.Writer(path, **KW, lock=lock) as second:  # the new owner
+        second.add("k01", *record(1, 1))
+    assert not lock.held
+    with rm.open(path) as maps:
+        assert list(maps) == ["k01"]
+    with pytest.raises(InvalidArgumentError, match="held lock"):  # a lock let go cannot be handed on
+        rm.Writer(path, **KW, lock=lock, overwrite=True)
+    write_generation(path, 3, overwrite=True)  # and the output is free again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.rlm"]
+
+
+def test_item4_annotate_overwrite_holds_the_lock_while_it_starts_over(tmp_path, monkeypatch):
+    """``annotate(overwrite=True)`` drops the earlier run and starts a new writer under one lock: a
+    second job trying the output in between is refused, and the run finishes."""
+    pytest.importorskip("torch")
+    from PIL import Image
+
+    from relabel_maps.annotate import annotate, load_teacher, pipeline
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(src / f"im{i}.png")
+    teacher = load_teacher("resnet18", pretrained=False, input_size=64)
+    out = tmp_path / "maps.rlm"
+    annotate(src, out, teacher, k=2, batch_size=2, workers=0)
+    seen = []
+    remove = pipeline.remove_finished
+
+    def second_job_tries(target, max_records):
+        with pytest.raises(OutputLockedError) as info:
+            rm.Writer(out, num_classes=1000, k=2, overwrite=True)
+        seen.append(str(info.value))
+        remove(target, max_records)
+
+    monkeypatch.setattr(pipeline, "remove_finished", second_job_tries)
+    redo = annotate(src, out, teacher, k=2, batch_size=2, workers=0, overwrite=True)
+    assert len(seen) == 1 and redo.annotated == 3 and redo.records == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["maps.rlm", "src"]  # no lock or working file left
+
+
 def test_item4_a_killed_writers_lock_file_is_not_held(tmp_path):
     path = tmp_path / "out.rlm"
     pid = os.fork()

@@ -32,6 +32,11 @@ from relabel_maps.pooling import relabel_compat  # noqa: E402
 CLASSES = ["n01440764", "n01443537", "n02085620"]
 
 
+def _size_change(ratio: float) -> str:
+    """``source / output`` bytes in words: "2.62x smaller" or "1.56x larger"."""
+    return f"{ratio:.2f}x smaller" if ratio >= 1 else f"{1 / ratio:.2f}x larger"
+
+
 def official_tensor(rng: np.random.Generator, h: int = 15, w: int = 15, dtype=torch.float32) -> torch.Tensor:
     """A map like the release's: smooth logits from a few dominant classes, top-5 per location."""
     centres = rng.choice(1000, size=8, replace=False)
@@ -96,7 +101,8 @@ def test_convert_official_folder_compat_pooling_matches_released_code(tmp_path, 
     with capsys.disabled():
         print(
             f"\n[convert] official {official / 9:.0f} B/image; converted f32 (lossless) "
-            f"{result.output_bytes / 9:.0f} B/image = {result.ratio:.2f}x smaller"
+            f"{result.output_bytes / 9:.0f} B/image ({_size_change(result.ratio)}; 9 maps in 3 shards: each shard's "
+            "metadata dominates)"
         )
     rng = np.random.default_rng(1)
     with relabel_maps.open(out) as maps:
@@ -135,7 +141,7 @@ def test_convert_size_with_default_encoding(tmp_path, capsys):
     assert result.ratio > 1.8  # zstd level 3, the writers' default (> 2.0 at level 19; spec/ENCODINGS.md 4.1)
     with capsys.disabled():
         print(
-            f"\n[convert] default encoding {name}: {result.output_bytes / n:.0f} B/image = {result.ratio:.2f}x smaller"
+            f"\n[convert] default encoding {name}: {result.output_bytes / n:.0f} B/image ({_size_change(result.ratio)})"
         )
 
 

@@ -93,8 +93,8 @@ def reopen_finished(target: Path, finished: Path, writer_kwargs: Mapping[str, An
     teacher, encoding, ...) is refused as a plain resume would (:class:`WriterError`).
     """
     # WriterError when written with other arguments; a killed extension's working files are kept
-    Writer(target, **writer_kwargs, resume=True).abort()
-    writer = Writer(target, **writer_kwargs, resume=True, overwrite=True)
+    lock = Writer(target, **writer_kwargs, resume=True).abort(keep_lock=True)  # held until the next writer has it
+    writer = Writer(target, **writer_kwargs, resume=True, overwrite=True, lock=lock)
     try:
         for _, local in local_dataset_files(finished):
             if not local.endswith(".rlm"):

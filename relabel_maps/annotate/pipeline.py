@@ -274,13 +274,19 @@ def annotate(
     )
     if level is not None:
         writer_kwargs["level"] = level
+    lock = None
     if overwrite:  # start over: drop partial files of earlier runs, then the finished output
-        Writer(target, **writer_kwargs, resume=False, overwrite=True).abort()
-        remove_finished(target, max_records)
+        lock = Writer(target, **writer_kwargs, resume=False, overwrite=True).abort(keep_lock=True)
+        try:
+            remove_finished(target, max_records)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
     if finished is not None and not overwrite:  # keys are missing: extend the finished output
         writer = reopen_finished(target, finished, writer_kwargs)
-    else:
-        writer = Writer(target, **writer_kwargs, resume=True)
+    else:  # the lock held since the start-over: no other job can take the output in between
+        writer = Writer(target, **writer_kwargs, resume=True, lock=lock)
 
     cl = channels_last if channels_last is not None else is_cuda
     step = get_step(teacher, k, prec, store_lse, cl, compile and can_compile(dev))
