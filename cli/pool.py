@@ -9,6 +9,7 @@ import click
 import numpy as np
 from rich.table import Table
 
+from relabel_maps.classmap import LEFTOVER_MODES, ClassMapError, load_class_map
 from relabel_maps.pooling import FILL_MODES, relabel_compat, resolve_fill, to_official_coords
 
 from .common import BOX, class_name, console, echo_json, open_maps
@@ -27,7 +28,8 @@ Examples:
   relabel-maps pool maps/ cat.jpg --box 0,0,1,1
   relabel-maps pool maps/ cat.jpg --box 0.1,0.2,0.7,0.9 --flip --top 10
   relabel-maps pool maps/ cat.jpg --box 0,0,1,1 --size 2 --json
-  relabel-maps pool maps/ cat.jpg --box 0.1,0.2,0.7,0.9 --compat   # released ReLabel code's numbers"""
+  relabel-maps pool maps/ cat.jpg --box 0.1,0.2,0.7,0.9 --compat   # released ReLabel code's numbers
+  relabel-maps pool maps/ cat.jpg --class-map pets.csv --leftover other  # over your own classes"""
 )
 @click.argument("path")
 @click.argument("key")
@@ -50,6 +52,16 @@ Examples:
 @click.option(
     "--compat", is_flag=True, help="Reproduce the released ReLabel code's get_relabel (quirks included; size 1)."
 )
+@click.option(
+    "--class-map", "class_map_path", type=click.Path(exists=True, dir_okay=False),
+    help="CSV or JSON mapping the teacher's classes onto your own (relabel_maps.classmap): the label is "
+    "over those classes.",
+)
+@click.option(
+    "--leftover", type=click.Choice(LEFTOVER_MODES), default=None,
+    help="With --class-map: what becomes of the probability of unmapped teacher classes (default: the "
+    "file's, else renormalize).",
+)
 @click.option("--top", "top_n", default=5, show_default=True, type=click.IntRange(1), help="Classes to print.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def pool(
@@ -61,6 +73,8 @@ def pool(
     fill: str | None,
     temperature: float,
     compat: bool,
+    class_map_path: str | None,
+    leftover: str | None,
     top_n: int,
     as_json: bool,
 ) -> None:
@@ -68,23 +82,35 @@ def pool(
 
     See spec/POOLING.md for the box convention, fill modes and the compatibility mode.
     """
-    if compat and (size != 1 or fill is not None or temperature != 1.0):
-        raise click.UsageError("--compat has fixed semantics: it takes no --size, --fill or --temperature")
+    if compat and (size != 1 or fill is not None or temperature != 1.0 or class_map_path):
+        raise click.UsageError(
+            "--compat has fixed semantics: it takes no --size, --fill, --temperature or --class-map")
+    if leftover is not None and not class_map_path:
+        raise click.UsageError("--leftover applies to a --class-map")
     if min(box) < 0.0 or max(box) > 1.0:
         click.echo(f"note: the box {','.join(f'{v:g}' for v in box)} extends outside the teacher's frame "
                    "(0..1); the part outside pools to the uniform 1/C", err=True)
     with open_maps(path) as maps:
         lm = maps[key]
         names = maps.metadata.get("class_names")
+        class_map = None
+        if class_map_path:
+            try:
+                class_map = load_class_map(class_map_path, metadata=maps.metadata, leftover=leftover)
+            except ClassMapError as exc:
+                raise click.ClickException(str(exc)) from None
+            names = class_map.names
     if compat:
         probs = relabel_compat(lm, to_official_coords(box, flip), flip=flip)
         mode = "compat"
     else:
-        probs = lm.pool(box, flip=flip, size=size, fill=fill, temperature=temperature)
+        probs = lm.pool(box, flip=flip, size=size, fill=fill, temperature=temperature, class_map=class_map)
         mode = resolve_fill(fill, lm.score_kind)
     result: dict[str, Any] = {
         "key": key, "box": list(box), "flip": flip, "size": size, "fill": mode, "temperature": temperature
     }
+    if class_map is not None:
+        result["class_map"] = {"path": class_map_path, "leftover": class_map.leftover}
     cells: list[tuple[tuple[int, int] | None, list[dict[str, Any]]]]
     if size == 1:
         result["top"] = _top(probs, top_n, names)

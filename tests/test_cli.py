@@ -241,6 +241,31 @@ def test_pool_compat_mode(runner, dataset):
     assert result.exit_code == 2
 
 
+def test_pool_with_a_class_map_gives_the_label_over_your_classes(runner, dataset, tmp_path):
+    from relabel_maps.classmap import load_class_map
+
+    csv_path = tmp_path / "mine.csv"
+    csv_path.write_text("teacher,dataset\n0-9,low\n10-19,mid\nclass-20,high\n")
+    args = ("pool", dataset, "dir/img04.jpg", "--box", "0.2,0.1,0.9,0.8", "--class-map", str(csv_path))
+    for leftover in ("renormalize", "other"):
+        data = json.loads(run(runner, *args, "--leftover", leftover, "--json").output)
+        with relabel_maps.open(dataset) as maps:
+            cmap = load_class_map(csv_path, metadata=maps.metadata, leftover=leftover)
+            probs = maps["dir/img04.jpg"].pool((0.2, 0.1, 0.9, 0.8), class_map=cmap)
+        assert len(probs) == (3 if leftover == "renormalize" else 4)
+        order = np.argsort(-probs, kind="stable")[:5]
+        assert [r["name"] for r in data["top"]] == [cmap.names[i] for i in order]
+        assert [r["prob"] for r in data["top"]] == pytest.approx(probs[order].tolist(), abs=1e-7)
+        assert data["class_map"] == {"path": str(csv_path), "leftover": leftover}
+    table = run(runner, *args).output
+    assert "low" in table and "mid" in table and "high" in table
+    assert run(runner, "pool", dataset, "dir/img04.jpg", "--leftover", "other", ok=False).exit_code == 2
+    assert run(runner, *args, "--compat", ok=False).exit_code == 2
+    (tmp_path / "bad.csv").write_text("teacher,dataset\nno such class,x\n")
+    bad = run(runner, "pool", dataset, "dir/img04.jpg", "--class-map", str(tmp_path / "bad.csv"), ok=False)
+    assert bad.exit_code == 1 and "bad.csv" in bad.output and len(bad.output.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("box", ["1,1,0,0", "0,0,1", "a,b,c,d", "0,0,nan,1", "0.5,0,0.5,1"])
 def test_pool_bad_box(runner, dataset, box):
     result = run(runner, "pool", dataset, "dir/img01.jpg", "--box", box, ok=False)
