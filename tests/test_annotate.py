@@ -471,3 +471,24 @@ def test_batched_jpeg_decode_path_matches_pil(tmp_path, tiny):
     for key in a:
         for x, y in zip(a[key], b[key], strict=True):
             assert np.array_equal(x, y), key
+
+
+def test_combined_index_lists_the_shards_each_part_index_names(tmp_path, tiny):
+    """A part folder can hold shard files of another generation (a publication cut short between
+    placing the new shards and writing their index); the combined index joins only the shards each
+    part's own index names, so the joined dataset is every key once."""
+    import shutil
+
+    from relabel_maps.annotate.outputs import write_combined_index
+
+    keys = _folder(tmp_path / "src", n=5)
+    for i in (0, 1):
+        annotate(tmp_path / "src", tmp_path / "out", tiny, k=2, batch_size=4, shard=(i, 2), workers=0, max_records=2)
+    part = tmp_path / "out" / "part00000of00002"
+    (current,) = sorted(part.glob("*.rlm"))
+    shutil.copy(current, part / current.name.replace(".rlm", ".g00002.rlm"))  # the stray generation
+    index = write_combined_index(tmp_path / "out", 2, max_records=2)
+    assert index is not None
+    with relabel_maps.open(index) as maps:
+        assert list(maps.keys()) == keys and maps.verify() == []
+

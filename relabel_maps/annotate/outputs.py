@@ -140,8 +140,9 @@ def write_combined_index(out: str | os.PathLike[str], parts: int, max_records: i
             return None
         if finished.is_file():
             files.append(finished)
-        else:
-            files += shard_files(*dataset_location(target, sharded=True))
+        else:  # the shards the part's index names: a publication cut short can leave another generation
+            listed = local_dataset_files(index_path(*dataset_location(target, sharded=True)))
+            files += [Path(local) for _, local in listed[1:]]
     index = combined_index_path(out)
     own = index.with_name(f".{index.name[: -len(INDEX_SUFFIX)]}.{uuid.uuid4().hex}{INDEX_SUFFIX}")
     try:
