@@ -10,7 +10,8 @@ deleting its journal) is stale and deleted by the next run. :func:`abandon` stop
 closing its files fails (a full disk): it keeps the resume state or deletes every working file.
 A run holds its output's lock (:mod:`relabel_maps.lock`) from start to end, so that no two runs
 share these files, and publishes shards by :func:`relabel_maps.publish.publish_shards`. A run's
-arguments are checked here and become the file metadata the journal stores (:func:`file_metadata`).
+arguments are checked and turned into file metadata by :mod:`relabel_maps.arguments`; the journal
+stores them.
 """
 
 from __future__ import annotations
@@ -20,16 +21,13 @@ import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import numpy as np
-
 from . import format as fmt
-from ._version import __version__
-from .errors import FormatError, InvalidArgumentError, WriterError
-from .labelmap import SCORE_KINDS
+from .arguments import as_stored, comparable_metadata, json_line
+from .errors import InvalidArgumentError, WriterError
 from .layout import index_path, lock_path, shard_files, working_file, working_shard_count
 from .lock import OutputLock
 from .publish import fsync_dir, publish_shards
@@ -42,10 +40,6 @@ __all__ = [
     "Recovered",
     "RunFiles",
     "abandon",
-    "as_stored",
-    "check_arguments",
-    "comparable_metadata",
-    "file_metadata",
     "fsync_dir",
     "journal_header",
     "recover",
@@ -56,81 +50,6 @@ JOURNAL_VERSION = 1
 #: crash can lose more unflushed records, which the journal's CRC check on resume already drops)
 _FILE_BUFFER = 1 << 20
 _Entry = tuple[str, int, int, int]  # key, offset, nbytes, crc32
-
-
-def _json_line(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
-
-
-def as_stored(obj: Any) -> Any:
-    """``obj`` as it reads back from a journal line (tuples become lists, keys strings)."""
-    return json.loads(_json_line(obj))
-
-
-def check_arguments(num_classes: Any, k: Any, score_kind: str, max_records: Any, max_bytes: Any,
-                    dictionary: Any, level: Any) -> None:
-    """Check a writer's arguments (:class:`InvalidArgumentError`)."""
-    def is_int(v: Any) -> bool:
-        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-    if not is_int(num_classes) or not 1 <= num_classes <= fmt.LIMITS.max_num_classes:
-        raise InvalidArgumentError(f"num_classes must be an integer in [1, {fmt.LIMITS.max_num_classes}]")
-    if not is_int(k) or not 1 <= k <= min(fmt.LIMITS.max_k, num_classes):
-        raise InvalidArgumentError(f"k must be an integer in [1, min(255, num_classes)], got {k!r}")
-    if score_kind not in SCORE_KINDS:
-        raise InvalidArgumentError(f"score_kind must be one of {SCORE_KINDS}, got {score_kind!r}")
-    for name, v in (("max_records", max_records), ("max_bytes", max_bytes)):
-        if v is not None and (not is_int(v) or v < 1):
-            raise InvalidArgumentError(f"{name} must be a positive integer or None, got {v!r}")
-    if dictionary not in (False, True, "auto"):
-        raise InvalidArgumentError(f"dictionary must be False, True or 'auto', got {dictionary!r}")
-    if not is_int(level) or not -7 <= level <= 22:
-        raise InvalidArgumentError(f"level must be an integer in [-7, 22], got {level!r}")
-
-
-def file_metadata(num_classes: int, k: int, score_kind: str, encoding: Mapping[str, Any], level: int,
-                  teacher: Mapping[str, Any] | None, class_set: str | None, class_names: Sequence[str] | None,
-                  extra: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The metadata a writer with these (checked) arguments stores (spec §5); free keys ``extra``."""
-    if class_set is not None and not isinstance(class_set, str):
-        raise InvalidArgumentError("class_set must be a string or None")
-    names = None
-    if class_names is not None:
-        names = list(class_names)
-        if len(names) != num_classes or not all(isinstance(s, str) for s in names):
-            raise InvalidArgumentError(f"class_names must be {num_classes} strings")
-    if teacher is not None and not isinstance(teacher, Mapping):
-        raise InvalidArgumentError("teacher must be a mapping or None")
-    t = {key: None for key in fmt.TEACHER_KEYS}
-    t.update(dict(teacher or {}))
-    meta: dict[str, Any] = {
-        "format_version": fmt.version_string(),
-        "num_classes": num_classes,
-        "k": k,
-        "score_kind": score_kind,
-        "encoding": encoding,
-        "compression": {"codec": "zstd", "level": level, "dictionary": False},
-        "class_set": class_set,
-        "class_names": names,
-        "teacher": t,
-        "tool": {"name": "relabel-maps", "version": __version__},
-    }
-    for key, value in dict(extra or {}).items():
-        if not isinstance(key, str) or not (key == "extra" or ("." in key.strip(".") and key[0] != ".")):
-            raise InvalidArgumentError(f"free metadata key {key!r} must be namespaced ('ns.key') or be 'extra'")
-        meta[key] = value
-    try:
-        fmt.dump_metadata(meta)
-    except FormatError as exc:
-        raise InvalidArgumentError(str(exc)) from None
-    return meta
-
-
-def comparable_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
-    """``metadata`` minus ``compression.dictionary``, which depends on training, not on the arguments."""
-    meta = dict(metadata)
-    meta["compression"] = {k: v for k, v in meta["compression"].items() if k != "dictionary"}
-    return meta
 
 
 def journal_header(config: Mapping[str, Any], dictionary: bytes) -> dict[str, Any]:
@@ -176,8 +95,15 @@ class RunFiles:
         """``(keys, files)`` of the complete output of this run, or ``None`` when it is not complete;
         :class:`WriterError` when it was written with other arguments (``metadata`` as stored,
         :func:`comparable_metadata`)."""
+        if self.partial(1).exists() or self.done(1).exists():
+            return None
+        return self.check_finished(metadata)
+
+    def check_finished(self, metadata: Mapping[str, Any]) -> tuple[set[str], list[str]] | None:
+        """``(keys, files)`` of the published output, or ``None`` when there is none;
+        :class:`WriterError` when it was written with other arguments."""
         final = index_path(self.folder, self.name) if self.sharded else self.single_file
-        if not final.exists() or self.partial(1).exists() or self.done(1).exists():
+        if not final.exists():
             return None
         with open_index(final) if self.sharded else Reader(final) as maps:
             if comparable_metadata(as_stored(maps.metadata)) != metadata:
@@ -199,11 +125,17 @@ class RunFiles:
             raise InvalidArgumentError(f"lock= takes this output's held lock ({own})")
         return lock
 
-    def begin(self, *, resume: bool, overwrite: bool, metadata: Mapping[str, Any]) -> tuple[set[str], list[str]] | None:
-        """Start a run (holding the lock): drop stale journals; with ``resume`` (and not ``overwrite``)
-        return :meth:`finished_run` when the output is complete; refuse an existing output unless
-        ``overwrite`` (:class:`WriterError`)."""
+    def begin(self, *, resume: bool, overwrite: bool, metadata: Mapping[str, Any],
+              extend: bool = False) -> tuple[set[str], list[str]] | None:
+        """Start a run (holding the lock): drop stale journals; with ``resume`` (and neither
+        ``overwrite`` nor ``extend``) return :meth:`finished_run` when the output is complete; refuse
+        an existing output unless ``overwrite`` or ``extend`` (:class:`WriterError`). ``extend``
+        keeps a finished output (to be published over) after checking that it was written with
+        these arguments."""
         self.remove_stale_journals()
+        if extend:
+            self.check_finished(metadata)
+            return None
         if resume and not overwrite:
             finished = self.finished_run(metadata)
             if finished is not None:
@@ -252,7 +184,7 @@ class PartialShard:
         self.file.write(fmt.pack_header())
         if self.journal_path is not None and header is not None:
             self.journal = open(self.journal_path, "wb")
-            self.journal.write(_json_line(header))
+            self.journal.write(json_line(header))
 
     def full(self, key: str, rec: bytes, max_records: int | None, max_bytes: int | None, footer: int) -> bool:
         """Whether appending ``rec`` would pass a rollover limit; ``footer`` is the size of the
@@ -271,7 +203,7 @@ class PartialShard:
         self.file.write(rec)
         self.entries.append((key, self.pos, len(rec), crc))
         if self.journal is not None:
-            self.journal.write(_json_line([key, self.pos, len(rec), crc]))
+            self.journal.write(json_line([key, self.pos, len(rec), crc]))
         self.pos += len(rec)
         self.key_bytes += len(key.encode("utf-8"))
 

@@ -18,20 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from . import format as fmt
+from .arguments import as_stored, check_arguments, comparable_metadata, file_metadata
 from .codecs import Codec, get_codec
 from .dictionary import DICT_SAMPLES, DICT_SIZE, train_dictionary
 from .errors import CorruptRecordError, FormatError, InvalidArgumentError, InvalidLabelMapError, WriterError
-from .journal import (
-    PartialShard,
-    RunFiles,
-    abandon,
-    as_stored,
-    check_arguments,
-    comparable_metadata,
-    file_metadata,
-    journal_header,
-    recover,
-)
+from .journal import PartialShard, RunFiles, abandon, journal_header, recover
 from .labelmap import LabelMap
 from .layout import dataset_location, is_sharded
 from .lock import OutputLock
@@ -75,6 +66,10 @@ class Writer:
         resume: journal every record and continue an interrupted run with the same arguments.
         overwrite: replace existing outputs (refused otherwise); readers see the old dataset until
             the new one is complete.
+        extend: with ``resume``, continue a finished output instead of adopting it: it must have
+            been written with these arguments (:class:`WriterError` otherwise) and stays readable
+            until this writer publishes; the caller adds the records to keep (``add_raw``) and the
+            new ones. An interrupted extension resumes like any run.
         lock: this output's lock, handed over by an earlier writer of it (``abort(keep_lock=True)``)
             so that no other writer can take the output in between; the new writer owns it.
 
@@ -107,6 +102,7 @@ class Writer:
         level: int = 3,
         resume: bool = False,
         overwrite: bool = False,
+        extend: bool = False,
         lock: OutputLock | None = None,
     ) -> None:
         self._closed = True  # until fully constructed
@@ -116,7 +112,9 @@ class Writer:
         self.max_records, self.max_bytes = max_records, max_bytes
         self.level = int(level)
         self.dictionary_mode: bool | str = dictionary
-        self.resume, self.overwrite = bool(resume), bool(overwrite)
+        if extend and not resume:
+            raise InvalidArgumentError("extend=True needs resume=True")
+        self.resume, self.overwrite, self.extend = bool(resume), bool(overwrite), bool(extend)
         self.codec = get_codec(encoding) if encoding is not None else _default_codec(score_kind)
         self._encoder = RecordEncoder(codec=self.codec, num_classes=self.num_classes, k=self.k, level=self.level)
         self._metadata = file_metadata(self.num_classes, self.k, self.score_kind, self.codec.spec, self.level,
@@ -138,7 +136,7 @@ class Writer:
         # OutputLockedError: another writer has this output
         self._lock: OutputLock = self._files.lock(p) if lock is None else self._files.adopt_lock(lock)
         try:
-            finished = self._files.begin(resume=self.resume, overwrite=self.overwrite,
+            finished = self._files.begin(resume=self.resume, overwrite=self.overwrite, extend=self.extend,
                                          metadata=as_stored(self._config()["metadata"]))
             if finished is not None:  # a finished run: nothing to add, close() returns its paths
                 self._keys, self._written = finished

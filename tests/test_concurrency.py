@@ -200,6 +200,32 @@ def test_item4_a_lock_handed_to_the_next_writer_is_never_free_in_between(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.rlm"]
 
 
+def test_item4_extend_continues_a_finished_output_under_one_lock(tmp_path):
+    path = tmp_path / "out.rlm"
+    with rm.Writer(path, **KW, resume=True) as w:
+        w.add("k00", *record(1, 0))
+    with pytest.raises(InvalidArgumentError, match="resume"):
+        rm.Writer(path, **KW, extend=True)
+    with pytest.raises(WriterError, match="different arguments"):
+        rm.Writer(path, **{**KW, "level": 3}, resume=True, extend=True)
+    ext = rm.Writer(path, **KW, resume=True, extend=True)  # not adopted: open for adding
+    assert "k00" not in ext and len(ext) == 0
+    with pytest.raises(OutputLockedError):
+        rm.Writer(path, **KW, resume=True)
+    with rm.open(path) as old:
+        ext.add_raw("k00", old.read_record("k00"), dictionary=old.dictionary)
+    ext.add("k01", *record(1, 1))
+    ext.abort()  # interrupted: the finished output is untouched, the working files kept
+    with rm.open(path) as maps:
+        assert list(maps) == ["k00"]
+    with rm.Writer(path, **KW, resume=True, extend=True) as again:  # resumes the extension
+        assert sorted(again) == ["k00", "k01"]
+        again.add("k02", *record(1, 2))
+    with rm.open(path) as maps:
+        assert list(maps) == ["k00", "k01", "k02"] and maps.verify() == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.rlm"]
+
+
 def test_item4_annotate_overwrite_holds_the_lock_while_it_starts_over(tmp_path, monkeypatch):
     """``annotate(overwrite=True)`` drops the earlier run and starts a new writer under one lock: a
     second job trying the output in between is refused, and the run finishes."""

@@ -407,6 +407,38 @@ def test_item4_a_trial_run_is_extended_by_the_same_command(tmp_path, tiny_teache
         annotate(tmp_path / "src2", tmp_path / "x.rlm", other, k=2, workers=0)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("out,max_records", [("maps.rlm", None), ("maps", 2)])
+def test_item4_an_interrupted_extension_resumes(tmp_path, tiny_teacher, out, max_records):
+    """Extending a trial run that is stopped part-way resumes on the next run of the same command
+    (it used to refuse: 'output exists (the run already finished)'), and ends equal to an
+    uninterrupted run."""
+    from relabel_maps.annotate import annotate
+
+    keys = _images(tmp_path / "src", 9)
+    kw = {"k": 2, "batch_size": 2, "workers": 0, "max_records": max_records}
+    annotate(tmp_path / "src", tmp_path / out, tiny_teacher, limit=3, **kw)
+    calls = []
+
+    def stop_after_two_batches(n, total=None, skipped=0, failed=0):
+        calls.append(n)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises((KeyboardInterrupt, relabel_maps.WriterError)):
+        annotate(tmp_path / "src", tmp_path / out, tiny_teacher, progress=stop_after_two_batches, **kw)
+    with relabel_maps.open(tmp_path / out) as maps:  # the trial run stays readable meanwhile
+        assert list(maps) == keys[:3]
+    done = annotate(tmp_path / "src", tmp_path / out, tiny_teacher, **kw)
+    assert done.records == 9 and 0 < done.annotated < 6 and done.annotated + done.skipped == 9
+    ref = annotate(tmp_path / "src", tmp_path / "ref" / out, tiny_teacher, **kw)
+    with relabel_maps.open(tmp_path / out) as a, relabel_maps.open(tmp_path / "ref" / out) as b:
+        assert list(a) == list(b) == keys
+        assert all(a[key] == b[key] for key in keys) and a.verify() == []
+    if max_records is None:  # byte for byte the uninterrupted run's file
+        assert (tmp_path / out).read_bytes() == Path(ref.outputs[0]).read_bytes()
+
+
 def _cli():
     click_testing = pytest.importorskip("click.testing")
     from relabel_maps_cli.main import main

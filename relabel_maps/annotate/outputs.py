@@ -92,9 +92,8 @@ def reopen_finished(target: Path, finished: Path, writer_kwargs: Mapping[str, An
     meanwhile resumes from the working files. A finished output written with other arguments (another
     teacher, encoding, ...) is refused as a plain resume would (:class:`WriterError`).
     """
-    # WriterError when written with other arguments; a killed extension's working files are kept
-    lock = Writer(target, **writer_kwargs, resume=True).abort(keep_lock=True)  # held until the next writer has it
-    writer = Writer(target, **writer_kwargs, resume=True, overwrite=True, lock=lock)
+    # WriterError when written with other arguments; a killed extension's working files are resumed
+    writer = Writer(target, **writer_kwargs, resume=True, extend=True)
     try:
         for _, local in local_dataset_files(finished):
             if not local.endswith(".rlm"):
