@@ -9,7 +9,6 @@ decodes it; :func:`check_decoded` adds the full label-map checks that ``verify()
 
 from __future__ import annotations
 
-import os
 import struct
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -224,14 +223,14 @@ class RecordEncoder:
     """Encodes label maps of one structure (``num_classes``, at most ``k`` entries per location,
     codec) into records: the codec's body in a zstd frame, compressed with the file's dictionary
     once :meth:`use_dictionary` has set it. ``threads``: how many threads compress a batch
-    (default: one per CPU, at most 4; each thread takes at least 16 records)."""
+    (default: :class:`~relabel_maps.frames.FrameCompressor`'s)."""
 
     def __init__(self, *, codec: Codec, num_classes: int, k: int, level: int, threads: int | None = None) -> None:
         self.codec, self.k, self.level, self.num_classes = codec, k, level, num_classes
         self._index_dtype = fmt.index_dtype_for(num_classes)
         self._index_itemsize = self._index_dtype.itemsize
         self._frames: FrameCompressor | None = None
-        self.threads = max(1, int(threads or min(4, os.cpu_count() or 1)))
+        self.threads = threads  # None: FrameCompressor's default
 
     def body(self, lm: LabelMap) -> tuple[bytes, bytes]:
         """``(record header, uncompressed body)`` of ``lm``, padding written canonically (index 0,
@@ -374,7 +373,7 @@ class RecordEncoder:
         raise error
 
     def compress_many(self, bodies: Bodies) -> list[bytes]:
-        """The zstd frames of ``bodies``, compressed on up to :attr:`threads` threads (the same
+        """The zstd frames of ``bodies``, compressed on several threads (the same
         frames as :meth:`compress` of each)."""
         assert self._frames is not None, "use_dictionary() first"
         return self._frames.compress_many(bodies)
