@@ -146,14 +146,7 @@ def decode_rate(folder: Path, teacher, count: int = 256) -> float:
                       crop_pct=teacher.crop_pct, draft=True)
 
     once()
-    best = min(_seconds(once) for _ in range(3))
-    return len(items) / best
-
-
-def _seconds(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    return len(items) / (_best_ms(once, repeat=3) / 1e3)
 
 
 def run_config(spec: str, args: argparse.Namespace) -> tuple[str, float, dict[str, float], float]:
